@@ -1,0 +1,1 @@
+"""DICOM networking, ingest, integration and the CLI that runs everything."""

@@ -1,0 +1,168 @@
+"""The `pacsbroker` command."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+from broker.logs import setup_logging
+from storage.settings import Settings
+
+app = typer.Typer(help="PACS broker and vendor-neutral image archive.", no_args_is_help=True)
+console = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except Exception as e:
+        console.print(f"[red]configuration error:[/red] {e}")
+        raise typer.Exit(2) from None
+
+
+def _display_host(s: Settings) -> str:
+    return "127.0.0.1" if s.bind_host in ("0.0.0.0", "::") else s.bind_host
+
+
+@app.command()
+def serve(
+    load_dir: Annotated[
+        Path | None, typer.Option("--load", help="Send this folder of DICOM files once started")
+    ] = None,
+) -> None:
+    """Run the DICOM SCP, ingest workers and HTTP app until stopped."""
+    from broker.runtime import Runtime
+
+    s = _settings()
+    setup_logging(s.log_level, "main")
+    rt = Runtime(s)
+    rt.start_dicom()
+    host = _display_host(s)
+    console.print(
+        f"[bold]pacsbroker[/bold] DICOM: AE title [cyan]{s.ae_title}[/cyan] "
+        f"on {host}:{s.dicom_port}  |  web: http://{host}:{s.http_port}/  "
+        f"(health: http://{host}:{s.http_port}/healthz)"
+    )
+    console.print(f"archive: {rt.archive.store.name}  index: {s.db_url.split('@')[-1]}")
+    if load_dir is not None:
+        _send(load_dir, host, s.dicom_port, s.ae_title, "PACSBROKER-LOAD")
+
+    def _term(_sig: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _term)
+    try:
+        rt.serve_http()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        rt.stop()
+
+
+def _send(directory: Path, host: str, port: int, called: str, calling: str) -> None:
+    from broker.loader import dicom_files, load
+
+    files = list(dicom_files(directory))
+    if not files:
+        console.print(f"[yellow]no DICOM files under {directory}[/yellow]")
+        return
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    ) as bar:
+        task = bar.add_task(f"sending {directory}", total=len(files))
+        result = load(
+            files,
+            host=host,
+            port=port,
+            called_ae=called,
+            calling_ae=calling,
+            progress=lambda _p: bar.advance(task),
+        )
+    console.print(f"sent {result.sent} of {len(files)} files to {called}@{host}:{port}")
+    for path, why in result.failed:
+        console.print(f"[red]failed[/red] {path}: {why}")
+    if result.failed:
+        raise typer.Exit(1)
+
+
+@app.command("load")
+def load_cmd(
+    directory: Path,
+    host: Annotated[str | None, typer.Option(help="SCP host (default: this broker)")] = None,
+    port: Annotated[int | None, typer.Option(help="SCP port (default: DICOM_PORT)")] = None,
+    called: Annotated[str | None, typer.Option(help="Called AE title")] = None,
+    calling: Annotated[str, typer.Option(help="Our calling AE title")] = "PACSBROKER-LOAD",
+) -> None:
+    """Send a folder of DICOM files into the broker over C-STORE, with a progress bar."""
+    s = _settings()
+    if not directory.exists():
+        console.print(f"[red]{directory} does not exist[/red]")
+        raise typer.Exit(2)
+    try:
+        _send(
+            directory, host or _display_host(s), port or s.dicom_port, called or s.ae_title, calling
+        )
+    except ConnectionError as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """What the archive holds, what waits in the spool, and whether the server answers."""
+    from storage.archive import Archive
+    from storage.spool import pending_files
+    from storage.stats import archive_counts
+
+    s = _settings()
+    archive = Archive(s, run_migrations=True)
+    with archive.sessions() as session:
+        counts = archive_counts(session)
+    spool_files = len(pending_files(s.spool_dir)) if s.spool_dir.exists() else 0
+    try:
+        r = httpx.get(f"http://{_display_host(s)}:{s.http_port}/healthz", timeout=2)
+        http = "up" if r.status_code == 200 else f"HTTP {r.status_code}"
+    except httpx.HTTPError:
+        http = "not running"
+    out = {
+        "archive": counts,
+        "spool_files": spool_files,
+        "server": http,
+        "store": archive.store.name,
+        "ae_title": s.ae_title,
+        "dicom_port": s.dicom_port,
+    }
+    if as_json:
+        print(json.dumps(out))
+        return
+    for k, v in out.items():
+        print(f"{k:12} {v}")
+
+
+@app.command()
+def token(
+    user: Annotated[str, typer.Option(help="Subject (user or system name)")],
+    role: Annotated[str, typer.Option(help="Role claim")],
+    ttl: Annotated[int, typer.Option(help="Seconds until expiry")] = 3600,
+) -> None:
+    """Print a bearer token signed with the local key."""
+    from viewer.auth import issue_token, signing_key
+
+    s = _settings()
+    print(issue_token(signing_key(s.data_dir), user, role, ttl))
+
+
+def main() -> None:
+    app(sys.argv[1:])

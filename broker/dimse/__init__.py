@@ -1,0 +1,1 @@
+"""DICOM services (pynetdicom): one small handler per service, no SQL in the network layer."""

@@ -1,0 +1,93 @@
+"""Presentation contexts the SCP accepts: every storage class, Q/R, verification."""
+
+from __future__ import annotations
+
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+from pynetdicom import StoragePresentationContexts
+from pynetdicom.presentation import PresentationContext, build_context
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+
+UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+STORAGE_SYNTAXES = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    "1.2.840.10008.1.2.4.50",  # JPEG baseline
+    "1.2.840.10008.1.2.4.51",  # JPEG extended
+    "1.2.840.10008.1.2.4.57",  # JPEG lossless
+    "1.2.840.10008.1.2.4.70",  # JPEG lossless SV1
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS near-lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 lossless
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.4.201",  # HTJ2K lossless
+    "1.2.840.10008.1.2.4.202",  # HTJ2K lossless RPCL
+    "1.2.840.10008.1.2.4.203",  # HTJ2K
+    "1.2.840.10008.1.2.5",  # RLE lossless
+    "1.2.840.10008.1.2.4.100",  # MPEG-2 MP@ML
+    "1.2.840.10008.1.2.4.101",  # MPEG-2 MP@HL
+    "1.2.840.10008.1.2.4.102",  # MPEG-4 AVC/H.264 HP@4.1
+    "1.2.840.10008.1.2.4.103",  # MPEG-4 AVC/H.264 BD-compatible
+    "1.2.840.10008.1.2.4.104",  # MPEG-4 AVC/H.264 HP@4.2 2D
+    "1.2.840.10008.1.2.4.105",  # MPEG-4 AVC/H.264 HP@4.2 3D
+    "1.2.840.10008.1.2.4.106",  # MPEG-4 AVC/H.264 Stereo HP@4.2
+    "1.2.840.10008.1.2.4.107",  # HEVC/H.265 Main
+    "1.2.840.10008.1.2.4.108",  # HEVC/H.265 Main 10
+]
+QUERY_RETRIEVE = [
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelMove,
+    PatientRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelGet,
+]
+FIND_MODELS = {
+    str(PatientRootQueryRetrieveInformationModelFind): "PATIENT",
+    str(StudyRootQueryRetrieveInformationModelFind): "STUDY",
+}
+
+
+def storage_classes() -> list[str]:
+    return [str(cx.abstract_syntax) for cx in StoragePresentationContexts]
+
+
+def scp_contexts() -> list[PresentationContext]:
+    out = [build_context(Verification, UNCOMPRESSED)]
+    out += [build_context(uid, UNCOMPRESSED) for uid in QUERY_RETRIEVE]
+    for uid in storage_classes():
+        cx = build_context(uid, STORAGE_SYNTAXES)
+        cx.scu_role, cx.scp_role = True, True
+        out.append(cx)
+    return out
+
+
+def sub_operation_contexts(pairs: set[tuple[str, str]]) -> list[PresentationContext]:
+    """For C-MOVE: each SOP class with its stored syntax first, then the uncompressed ones."""
+    by_class: dict[str, list[str]] = {}
+    for sop_class, ts in sorted(pairs):
+        by_class.setdefault(sop_class, [])
+        if ts not in by_class[sop_class]:
+            by_class[sop_class].append(ts)
+    if not by_class:
+        by_class["1.2.840.10008.5.1.4.1.1.7"] = []  # an association needs one context
+    out = []
+    for sop_class, stored in by_class.items():
+        syntaxes = stored + [ts for ts in UNCOMPRESSED if ts not in stored]
+        out.append(build_context(UID(sop_class), syntaxes))
+    return out[:128]

@@ -1,0 +1,152 @@
+"""C-MOVE and C-GET: the stored bytes go out as they were received."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from io import BytesIO
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pynetdicom.events import Event
+
+from broker.dimse.access import AccessPolicy, Action
+from broker.dimse.contexts import sub_operation_contexts
+from broker.dimse.find import IDENTIFIER_MISMATCH, query_level
+from broker.dimse.store import NOT_AUTHORISED, status
+from storage import audit
+from storage.archive import Archive
+from storage.models import Instance
+from storage.objects import ObjectNotFound, ObjectStoreError
+from storage.query import Level, Matcher, keys_of
+
+log = logging.getLogger("pacsbroker.retrieve")
+
+MOVE_MODELS = {"1.2.840.10008.5.1.4.1.2.1.2": "PATIENT", "1.2.840.10008.5.1.4.1.2.2.2": "STUDY"}
+GET_MODELS = {"1.2.840.10008.5.1.4.1.2.1.3": "PATIENT", "1.2.840.10008.5.1.4.1.2.2.3": "STUDY"}
+
+
+class RetrieveHandler:
+    """One class for both services; `move` decides whether a destination is looked up."""
+
+    def __init__(self, policy: AccessPolicy, archive: Archive, *, move: bool) -> None:
+        self.policy = policy
+        self.archive = archive
+        self.move = move
+
+    def _instances(
+        self,
+        event: Event,
+        calling: str,
+        address: str,
+    ) -> tuple[list[Instance], str | None]:
+        identifier = event.identifier
+        models = MOVE_MODELS if self.move else GET_MODELS
+        level = query_level(identifier, models[str(event.context.abstract_syntax)])
+        keys = [k for k in keys_of(identifier) if k.value]
+        if not keys:
+            return [], "a retrieve needs at least one unique key"
+        matcher = Matcher(level, keys, pn_case_insensitive=False)
+        with self.archive.sessions() as session:
+            hits = list(matcher.hits(session))
+            instances = _instances_of(session, level, hits)
+            audit.record(
+                session,
+                actor=calling,
+                role="dicom-peer",
+                source=address,
+                action="dicom.move" if self.move else "dicom.get",
+                detail=f"{len(instances)} instances"
+                + (f" to {event.move_destination}" if self.move else ""),
+                patients=[
+                    (h.patient.patient_id, h.study.study_uid if h.study else "") for h in hits
+                ],
+            )
+            session.commit()
+        return instances, None
+
+    def __call__(self, event: Event) -> Iterator[Any]:
+        assoc = event.assoc
+        calling, address = assoc.requestor.ae_title, assoc.requestor.address
+        service = "C-MOVE" if self.move else "C-GET"
+        if self.move:
+            dest_ae = str(event.move_destination or "").strip()
+            dest = self.archive.settings.peer(dest_ae)
+            if dest is None:
+                log.warning(
+                    "C-MOVE from %s: destination %r is not in the peer table", calling, dest_ae
+                )
+                yield None, None
+                return
+        failure: Dataset | None = None
+        instances: list[Instance] = []
+        decision = self.policy.decide(calling, address, Action.RETRIEVE)
+        if not decision.allowed:
+            failure = status(NOT_AUTHORISED, decision.reason)
+        else:
+            try:
+                instances, problem = self._instances(event, calling, address)
+                if problem:
+                    failure = status(IDENTIFIER_MISMATCH, problem)
+            except Exception as e:
+                failure = status(IDENTIFIER_MISMATCH, str(e))
+        if failure is not None:
+            log.warning("%s from %s refused: %s", service, calling, failure.ErrorComment)
+        if self.move:
+            pairs = {(i.sop_class_uid, i.transfer_syntax) for i in instances}
+            yield dest.host, dest.port, {"contexts": sub_operation_contexts(pairs)}
+        if failure is not None:
+            # pynetdicom takes a status only after a sub-operation count
+            yield 1
+            yield failure, None
+            return
+        yield len(instances)
+        log.info("%s from %s: %d instances", service, calling, len(instances))
+        for inst in instances:
+            if event.is_cancelled:
+                yield 0xFE00, None
+                return
+            ds = self._load(inst)
+            yield 0xFF00, ds if ds is not None else _placeholder(inst)
+
+    def _load(self, inst: Instance) -> Dataset | None:
+        try:
+            data = self.archive.store.get(inst.object_key)
+        except (ObjectNotFound, ObjectStoreError) as e:
+            log.error("cannot read %s for retrieve: %s", inst.object_key, e)
+            return None
+        return dcmread(BytesIO(data))
+
+
+def _placeholder(inst: Instance) -> Dataset:
+    """A dataset that makes the sub-operation fail and be counted, without aborting the rest."""
+    ds = Dataset()
+    ds.SOPInstanceUID = inst.sop_uid
+    return ds
+
+
+def _instances_of(session: Any, level: Level, hits: list[Any]) -> list[Instance]:
+    from sqlalchemy import select
+
+    from storage.models import Series, Study
+
+    if level is Level.IMAGE:
+        return [h.instance for h in hits]
+    if level is Level.SERIES:
+        ids = [h.series.id for h in hits]
+        stmt = select(Instance).where(Instance.series_fk.in_(ids))
+    elif level is Level.STUDY:
+        ids = [h.study.id for h in hits]
+        stmt = select(Instance).join(Instance.series).where(Series.study_fk.in_(ids))
+    else:
+        ids = [h.patient.id for h in hits]
+        stmt = (
+            select(Instance)
+            .join(Instance.series)
+            .join(Series.study)
+            .where(Study.patient_fk.in_(ids))
+        )
+    if not ids:
+        return []
+    return list(session.scalars(stmt.order_by(Instance.series_fk, Instance.id)))

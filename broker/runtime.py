@@ -1,0 +1,99 @@
+"""`pacsbroker serve`: spool replay, ingest, receiver processes and the HTTP app, composed."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import threading
+import time
+from typing import Any
+
+import uvicorn
+
+from broker.dimse.server import receiver_main
+from broker.ingest import IngestWorker
+from storage.archive import Archive
+from storage.settings import Settings
+from storage.spool import RecordRef
+from viewer.app import create_app
+
+log = logging.getLogger("pacsbroker.serve")
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.archive = Archive(settings, run_migrations=True)
+        self.ingest = IngestWorker(
+            self.archive, batch=settings.ingest_batch, threads=settings.ingest_threads
+        )
+        self.ctx = mp.get_context("spawn")
+        self.notify: Any = self.ctx.Queue()
+        self.receivers: list[Any] = []
+        self.started = time.time()
+
+    def _forward(self) -> None:
+        while True:
+            msg = self.notify.get()
+            if msg is None:
+                return
+            if msg[0] == "rec":
+                self.ingest.queue.put(RecordRef(msg[1], msg[2], msg[3]))
+            else:
+                self.ingest.queue.put(tuple(msg))
+
+    def start_dicom(self) -> None:
+        replayed = self.ingest.replay(self.settings.spool_dir)
+        threading.Thread(target=self._forward, name="spool-notify", daemon=True).start()
+        threading.Thread(target=self.ingest.run, name="ingest", daemon=True).start()
+        payload = self.settings.model_dump_json()
+        for i in range(self.settings.receiver_count()):
+            ready = self.ctx.Event()
+            p = self.ctx.Process(
+                target=receiver_main,
+                args=(payload, i, self.notify, ready),
+                name=f"receiver-{i}",
+                daemon=True,
+            )
+            p.start()
+            if not ready.wait(60):
+                raise RuntimeError(f"receiver {i} did not start (see its log)")
+            self.receivers.append(p)
+        log.info("spool replay queued %d records; %d receivers up", replayed, len(self.receivers))
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "ae_title": self.settings.ae_title,
+            "dicom_port": self.settings.dicom_port,
+            "receivers_alive": sum(p.is_alive() for p in self.receivers),
+            "ingest": {
+                **self.ingest.stats,
+                "backlog": self.ingest.queue.qsize(),
+                "last_error": self.ingest.last_error,
+            },
+            "store": self.archive.store.name,
+            "uptime_s": int(time.time() - self.started),
+        }
+
+    def stop(self) -> None:
+        for p in self.receivers:
+            p.terminate()
+        for p in self.receivers:
+            p.join(10)
+        deadline = time.time() + 10
+        while self.ingest.queue.qsize() and time.time() < deadline:
+            time.sleep(0.1)
+        self.ingest.stop()
+        self.notify.put(None)
+
+    def serve_http(self) -> None:
+        app = create_app(self.archive, self.status)
+        config = uvicorn.Config(
+            app,
+            host=self.settings.bind_host,
+            port=self.settings.http_port,
+            log_level="warning",
+            access_log=False,
+        )
+        uvicorn.Server(config).run()

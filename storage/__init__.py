@@ -1,0 +1,1 @@
+"""Archive ground floor: spool, object stores, index, settings. Imports nothing of ours."""

@@ -1,0 +1,49 @@
+"""The archive as the rest of the product sees it: object store plus index, from settings."""
+
+from __future__ import annotations
+
+import hashlib
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage.db import make_engine, migrate, session_factory
+from storage.dicomheader import Header
+from storage.objects import LocalObjectStore, ObjectStore, S3ObjectStore
+from storage.settings import Settings
+
+
+def object_key(header: Header, sha256: str) -> str:
+    """UID-addressed and content-qualified, so concurrent writers never overwrite each other."""
+    return f"{header.study_uid}/{header.series_uid}/{header.sop_uid}.{sha256[:16]}.dcm"
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def open_store(settings: Settings) -> ObjectStore:
+    if settings.s3_endpoint:
+        return S3ObjectStore(
+            settings.s3_endpoint,
+            settings.s3_access_key,
+            settings.s3_secret_key,
+            settings.s3_bucket,
+            settings.s3_secure,
+        )
+    return LocalObjectStore(settings.data_dir / "archive")
+
+
+class Archive:
+    """Object store and index of one deployment."""
+
+    def __init__(self, settings: Settings, *, run_migrations: bool = False) -> None:
+        self.settings = settings
+        self.engine: Engine = make_engine(settings.db_url)
+        if run_migrations:
+            migrate(self.engine)
+        self.sessions: sessionmaker[Session] = session_factory(self.engine)
+        self.store: ObjectStore = open_store(settings)
+
+    def close(self) -> None:
+        self.engine.dispose()

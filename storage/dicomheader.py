@@ -1,0 +1,269 @@
+"""Read what the archive needs from an encoded DICOM object without decoding pixel data."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_dataset
+from pydicom.tag import BaseTag, Tag
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+
+PIXEL_DATA = 0x7FE00010
+_REQUIRED = {
+    0x0020000D: "StudyInstanceUID (0020,000D)",
+    0x0020000E: "SeriesInstanceUID (0020,000E)",
+    0x00080018: "SOPInstanceUID (0008,0018)",
+}
+_VALIDATE_TAGS = [Tag(t) for t in (0x00080016, *_REQUIRED)]
+_MAX_RAW_ATTRS = 64 * 1024
+_BULK = 4096
+
+
+class InvalidObject(ValueError):
+    """The object cannot be archived; the message names what is wrong."""
+
+
+def _encoding(ts: str) -> tuple[bool, bool]:
+    """(is_implicit_VR, is_little_endian) of a transfer syntax."""
+    return ts == ImplicitVRLittleEndian, ts != ExplicitVRBigEndian
+
+
+def _at_pixels(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return tag == PIXEL_DATA
+
+
+def _dataset_stream(ds_bytes: bytes, ts: str) -> bytes:
+    if ts == DeflatedExplicitVRLittleEndian:
+        try:
+            return zlib.decompress(ds_bytes, -zlib.MAX_WBITS)
+        except zlib.error as e:
+            raise InvalidObject(f"deflated data set does not inflate: {e}") from None
+    return ds_bytes
+
+
+@dataclass(frozen=True)
+class Identity:
+    sop_class_uid: str
+    sop_uid: str
+    study_uid: str
+    series_uid: str
+
+
+def validate(ds_bytes: bytes, ts: str) -> Identity:
+    """Check an encoded data set (no file meta) is whole and carries the UIDs we file it under."""
+    stream = _dataset_stream(ds_bytes, ts)
+    implicit, little = _encoding(ts)
+    fp = BytesIO(stream)
+    try:
+        ds = read_dataset(fp, implicit, little, stop_when=_at_pixels)
+    except Exception as e:
+        raise InvalidObject(f"data set cannot be parsed: {e}") from None
+    values: dict[int, str] = {}
+    for tag in _VALIDATE_TAGS:
+        raw = ds.get(tag)
+        if raw is None:
+            continue
+        value = raw.value if isinstance(raw, RawDataElement) else raw
+        if isinstance(value, RawDataElement | DataElement):
+            value = value.value
+        text = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value or "")
+        values[int(tag)] = text.strip("\0 ")
+    missing = [name for tag, name in _REQUIRED.items() if not values.get(tag)]
+    if missing:
+        raise InvalidObject("missing " + ", ".join(missing))
+    _check_pixel_tail(stream, fp.tell(), implicit, little)
+    return Identity(
+        values.get(0x00080016, ""), values[0x00080018], values[0x0020000D], values[0x0020000E]
+    )
+
+
+def _check_pixel_tail(stream: bytes, pos: int, implicit: bool, little: bool) -> None:
+    """Detect a data set cut off inside its pixel data (the usual way transfers get truncated)."""
+    if pos >= len(stream):
+        return
+    end = "<" if little else ">"
+    if implicit:
+        header, (length,) = 8, struct.unpack_from(end + "I", stream, pos + 4)
+    else:
+        vr = stream[pos + 4 : pos + 6]
+        if vr in (b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"UT", b"SQ", b"UC", b"UR"):
+            header, (length,) = 12, struct.unpack_from(end + "I", stream, pos + 8)
+        else:
+            header, (length,) = 8, struct.unpack_from(end + "H", stream, pos + 6)
+    if length == 0xFFFFFFFF:
+        if b"\xfe\xff\xdd\xe0" not in stream[-16:] and b"\xff\xfe\xe0\xdd" not in stream[-16:]:
+            raise InvalidObject("encapsulated pixel data has no sequence delimiter (truncated)")
+    elif pos + header + length > len(stream):
+        raise InvalidObject(
+            f"pixel data declares {length} bytes but only {len(stream) - pos - header} arrived"
+        )
+
+
+@dataclass
+class Header:
+    """The index fields of one object plus its attributes (no bulk data) for query answers."""
+
+    transfer_syntax: str
+    sop_class_uid: str
+    sop_uid: str
+    study_uid: str
+    series_uid: str
+    patient_id: str
+    issuer: str
+    patient_name: str
+    birth_date: str
+    sex: str
+    study_date: str
+    study_time: str
+    accession_number: str
+    study_id: str
+    study_description: str
+    referring_physician: str
+    modality: str
+    series_number: str
+    series_description: str
+    body_part: str
+    instance_number: str
+    attrs: bytes
+    attrs_ts: str
+    dataset: Dataset
+
+
+def _text(ds: Dataset, keyword: str, limit: int) -> str:
+    try:
+        value = ds.get(keyword)
+    except Exception:
+        return ""
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+        value = "\\".join(str(v) for v in value)
+    return str(value).strip("\0 ")[:limit]
+
+
+def _drop_bulk(ds: Dataset) -> None:
+    for elem in list(ds):
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _drop_bulk(item)
+        elif (isinstance(elem.value, bytes | bytearray) and len(elem.value) > _BULK) or (
+            elem.VR in ("UT", "LT", "OB", "OW", "UN") and len(str(elem.value)) > _BULK
+        ):
+            del ds[elem.tag]
+
+
+def encode_attrs(ds: Dataset) -> bytes:
+    """Explicit VR Little Endian encoding of a data set without bulk values."""
+    clean = Dataset()
+    clean.update(ds)
+    _drop_bulk(clean)
+    out = DicomBytesIO()
+    out.is_little_endian, out.is_implicit_VR = True, False
+    write_dataset(out, clean)
+    return out.getvalue()
+
+
+def decode_attrs(blob: bytes, ts: str) -> Dataset:
+    implicit, little = _encoding(ts)
+    return read_dataset(BytesIO(blob), implicit, little)
+
+
+def dataset_offset(payload: bytes) -> int:
+    """Byte offset of the data set after the Part 10 preamble and file meta group."""
+    if payload[128:132] != b"DICM":
+        return 0
+    pos = 132
+    while pos + 8 <= len(payload):
+        group = struct.unpack_from("<H", payload, pos)[0]
+        if group != 0x0002:
+            return pos
+        vr = payload[pos + 4 : pos + 6]
+        if vr in (b"OB", b"OW", b"UN", b"SQ", b"UT", b"UC", b"UR"):
+            pos += 12 + struct.unpack_from("<I", payload, pos + 8)[0]
+        else:
+            pos += 8 + struct.unpack_from("<H", payload, pos + 6)[0]
+    return pos
+
+
+def parse(payload: bytes) -> Header:
+    """Parse a Part 10 object's header (stops before pixel data)."""
+    fp = BytesIO(payload)
+    try:
+        ds = dcmread(fp, stop_before_pixels=True, force=True)
+    except Exception as e:
+        raise InvalidObject(f"not a readable DICOM object: {e}") from None
+    ts = str(getattr(ds.file_meta, "TransferSyntaxUID", "") or ExplicitVRLittleEndian)
+    start = dataset_offset(payload)
+    end = fp.tell()
+    if ts != DeflatedExplicitVRLittleEndian and start and 0 < end - start <= _MAX_RAW_ATTRS:
+        attrs, attrs_ts = payload[start:end], ts
+    else:
+        attrs, attrs_ts = encode_attrs(ds), ExplicitVRLittleEndian
+    h = Header(
+        transfer_syntax=ts,
+        sop_class_uid=_text(ds, "SOPClassUID", 64)
+        or str(getattr(ds.file_meta, "MediaStorageSOPClassUID", "")),
+        sop_uid=_text(ds, "SOPInstanceUID", 64),
+        study_uid=_text(ds, "StudyInstanceUID", 64),
+        series_uid=_text(ds, "SeriesInstanceUID", 64),
+        patient_id=_text(ds, "PatientID", 64),
+        issuer=_text(ds, "IssuerOfPatientID", 64),
+        patient_name=_text(ds, "PatientName", 324),
+        birth_date=_text(ds, "PatientBirthDate", 8),
+        sex=_text(ds, "PatientSex", 16),
+        study_date=_text(ds, "StudyDate", 8),
+        study_time=normalise_time(_text(ds, "StudyTime", 16)),
+        accession_number=_text(ds, "AccessionNumber", 64),
+        study_id=_text(ds, "StudyID", 16),
+        study_description=_text(ds, "StudyDescription", 64),
+        referring_physician=_text(ds, "ReferringPhysicianName", 324),
+        modality=_text(ds, "Modality", 16),
+        series_number=_text(ds, "SeriesNumber", 12),
+        series_description=_text(ds, "SeriesDescription", 64),
+        body_part=_text(ds, "BodyPartExamined", 16),
+        instance_number=_text(ds, "InstanceNumber", 12),
+        attrs=attrs,
+        attrs_ts=attrs_ts,
+        dataset=ds,
+    )
+    for field, name in (
+        ("sop_uid", "SOPInstanceUID"),
+        ("study_uid", "StudyInstanceUID"),
+        ("series_uid", "SeriesInstanceUID"),
+    ):
+        if not getattr(h, field):
+            raise InvalidObject(f"missing {name}")
+    return h
+
+
+def normalise_time(tm: str) -> str:
+    """TM as HHMMSS.ffffff so that string order is time order (old colon form accepted)."""
+    tm = tm.replace(":", "").strip()
+    if not tm:
+        return ""
+    main, _, frac = tm.partition(".")
+    main = (main + "000000")[:6]
+    return f"{main}.{(frac + '000000')[:6]}"
+
+
+def element_value(ds: Dataset, tag: int) -> Any:
+    """A converted element value, or None when absent or unreadable."""
+    try:
+        elem = ds[tag]
+    except (KeyError, Exception):
+        return None
+    return elem.value

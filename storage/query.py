@@ -1,0 +1,535 @@
+"""DICOM matching (PS3.4 C.2.2.2) translated into SQL over the index.
+
+One layer shared by C-FIND, C-MOVE/C-GET, QIDO-RS and the EPR API: keys that have an index
+column are matched in SQL; other keys with a value are matched against the stored attributes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
+from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from storage.dicomheader import decode_attrs, normalise_time
+from storage.models import Instance, Patient, Series, Study
+
+
+class Level(StrEnum):
+    PATIENT = "PATIENT"
+    STUDY = "STUDY"
+    SERIES = "SERIES"
+    IMAGE = "IMAGE"
+
+
+class QueryError(ValueError):
+    """The identifier cannot be answered; the message says why."""
+
+
+_DEPTH = {Level.PATIENT: 0, Level.STUDY: 1, Level.SERIES: 2, Level.IMAGE: 3}
+
+COLUMNS: dict[int, tuple[Level, InstrumentedAttribute[Any]]] = {
+    0x00100010: (Level.PATIENT, Patient.name),
+    0x00100020: (Level.PATIENT, Patient.patient_id),
+    0x00100021: (Level.PATIENT, Patient.issuer),
+    0x00100030: (Level.PATIENT, Patient.birth_date),
+    0x00100040: (Level.PATIENT, Patient.sex),
+    0x0020000D: (Level.STUDY, Study.study_uid),
+    0x00080020: (Level.STUDY, Study.study_date),
+    0x00080030: (Level.STUDY, Study.study_time),
+    0x00080050: (Level.STUDY, Study.accession_number),
+    0x00200010: (Level.STUDY, Study.study_id),
+    0x00081030: (Level.STUDY, Study.description),
+    0x00080090: (Level.STUDY, Study.referring_physician),
+    0x0020000E: (Level.SERIES, Series.series_uid),
+    0x00080060: (Level.SERIES, Series.modality),
+    0x00200011: (Level.SERIES, Series.series_number),
+    0x0008103E: (Level.SERIES, Series.description),
+    0x00180015: (Level.SERIES, Series.body_part),
+    0x00080018: (Level.IMAGE, Instance.sop_uid),
+    0x00080016: (Level.IMAGE, Instance.sop_class_uid),
+    0x00200013: (Level.IMAGE, Instance.instance_number),
+}
+
+MODALITIES_IN_STUDY = 0x00080061
+SOP_CLASSES_IN_STUDY = 0x00080062
+PATIENT_COUNTS = {0x00201200: "studies", 0x00201202: "series", 0x00201204: "instances"}
+STUDY_COUNTS = {0x00201206: "series", 0x00201208: "instances"}
+SERIES_COUNTS = {0x00201209: "instances"}
+RETRIEVE_AE = 0x00080054
+AVAILABILITY = 0x00080056
+QR_LEVEL = 0x00080052
+CHARSET = 0x00080005
+COMPUTED = {
+    MODALITIES_IN_STUDY,
+    SOP_CLASSES_IN_STUDY,
+    RETRIEVE_AE,
+    AVAILABILITY,
+    *PATIENT_COUNTS,
+    *STUDY_COUNTS,
+    *SERIES_COUNTS,
+}
+
+# Which level an attribute belongs to (PS3.4 C.6.1.1 / C.6.2.1 and the modules they draw on).
+PATIENT_TAGS = {
+    0x00100010,
+    0x00100020,
+    0x00100021,
+    0x00100022,
+    0x00100024,
+    0x00100030,
+    0x00100032,
+    0x00100040,
+    0x00101000,
+    0x00101001,
+    0x00101002,
+    0x00102160,
+    0x00104000,
+    0x00102201,
+    0x00102292,
+    0x00102297,
+    0x00102298,
+    0x00102299,
+    *PATIENT_COUNTS,
+}
+STUDY_TAGS = {
+    0x0020000D,
+    0x00080020,
+    0x00080030,
+    0x00080050,
+    0x00080051,
+    0x00200010,
+    0x00081030,
+    0x00080090,
+    0x00080096,
+    0x00081032,
+    0x00081060,
+    0x00081080,
+    0x00101010,
+    0x00101020,
+    0x00101030,
+    0x00102180,
+    0x001021B0,
+    0x00201070,
+    0x00321060,
+    0x00321064,
+    0x00400275,
+    MODALITIES_IN_STUDY,
+    SOP_CLASSES_IN_STUDY,
+    *STUDY_COUNTS,
+}
+SERIES_TAGS = {
+    0x0020000E,
+    0x00080060,
+    0x00200011,
+    0x0008103E,
+    0x00180015,
+    0x00080021,
+    0x00080031,
+    0x00200060,
+    0x00400244,
+    0x00400245,
+    0x00400275,
+    0x00080070,
+    0x00081090,
+    0x00081010,
+    0x00080080,
+    0x00081040,
+    0x00181030,
+    0x00081070,
+    0x00081050,
+    0x00200052,
+    0x00400253,
+    *SERIES_COUNTS,
+}
+
+
+def tag_level(tag: int) -> Level:
+    if tag in PATIENT_TAGS:
+        return Level.PATIENT
+    if tag in STUDY_TAGS:
+        return Level.STUDY
+    if tag in SERIES_TAGS:
+        return Level.SERIES
+    return Level.IMAGE
+
+
+@dataclass(frozen=True)
+class Key:
+    tag: int
+    vr: str
+    value: str
+    element: DataElement
+
+
+def keys_of(identifier: Dataset) -> list[Key]:
+    """The identifier's keys, in tag order, with their match values as text."""
+    out = []
+    for elem in identifier:
+        tag = int(elem.tag)
+        if tag in (QR_LEVEL, CHARSET) or elem.tag.group == 0x0002 or elem.tag.is_private:
+            continue
+        vr = elem.VR
+        if vr == "SQ" or elem.value is None:
+            value = ""
+        elif isinstance(elem.value, list | tuple) or elem.VM > 1:
+            value = "\\".join(str(v) for v in elem.value)
+        else:
+            value = str(elem.value)
+        out.append(Key(tag, vr, value.strip(), elem))
+    return out
+
+
+def _like(pattern: str) -> str:
+    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
+
+
+def _range_bounds(vr: str, value: str) -> tuple[str | None, str | None]:
+    lo, _, hi = value.partition("-")
+    lo, hi = lo.strip(), hi.strip()
+    if vr == "TM":
+        return (normalise_time(lo) if lo else None, _time_upper(hi) if hi else None)
+    if vr == "DA":
+        return (lo.replace(".", "") or None, hi.replace(".", "") or None)
+    return lo or None, hi or None
+
+
+def _time_upper(tm: str) -> str:
+    main, _, frac = tm.replace(":", "").partition(".")
+    main = main + "235959"[len(main) :] if len(main) < 2 else main + "5959"[len(main) - 2 :]
+    return f"{main[:6]}.{(frac + '999999')[:6]}"
+
+
+def _sql_condition(col: Any, key: Key, pn_ci: bool) -> ColumnElement[bool] | None:
+    v = key.value
+    if v in ("", "*"):
+        return None
+    if key.vr == "UI":
+        uids = [u.strip() for u in v.split("\\") if u.strip()]
+        return col.in_(uids) if len(uids) > 1 else col == uids[0]
+    if key.vr in ("DA", "TM") and "-" in v:
+        lo, hi = _range_bounds(key.vr, v)
+        conds = [c for c in (col >= lo if lo else None, col <= hi if hi else None) if c is not None]
+        return and_(*conds)
+    if key.vr == "TM":
+        return and_(col >= normalise_time(v), col <= _time_upper(v))
+    if "\\" in v:
+        parts = [p for p in v.split("\\") if p]
+        return or_(*(_single(col, p, key.vr, pn_ci) for p in parts))
+    return _single(col, v, key.vr, pn_ci)
+
+
+def _single(col: Any, v: str, vr: str, pn_ci: bool) -> ColumnElement[bool]:
+    ci = vr == "PN" and pn_ci
+    target, value = (func.lower(col), v.lower()) if ci else (col, v)
+    if "*" in v or "?" in v:
+        return target.like(_like(value), escape="\\")
+    return target == value
+
+
+def _py_match(actual: str, key: Key) -> bool:
+    v = key.value
+    if key.vr == "UI":
+        return actual in [u.strip() for u in v.split("\\")]
+    if key.vr in ("DA", "TM") and "-" in v:
+        lo, hi = _range_bounds(key.vr, v)
+        a = normalise_time(actual) if key.vr == "TM" else actual
+        return bool(a) and (lo is None or a >= lo) and (hi is None or a <= hi)
+    alternatives = v.split("\\") if "\\" in v else [v]
+    values = actual.split("\\") if actual else [""]
+    for alt in alternatives:
+        rx = re.compile(
+            "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in alt), re.S
+        )
+        if any(rx.fullmatch(val) for val in values):
+            return True
+    return False
+
+
+@dataclass
+class Hit:
+    """One matched row at the query level with its parents."""
+
+    patient: Patient
+    study: Study | None = None
+    series: Series | None = None
+    instance: Instance | None = None
+    _attrs: dict[Level, Dataset] = field(default_factory=dict)
+
+    def attrs(self, level: Level) -> Dataset | None:
+        if level not in self._attrs:
+            row = {
+                Level.STUDY: self.study,
+                Level.SERIES: self.series,
+                Level.IMAGE: self.instance,
+            }.get(level)
+            if row is None:
+                return None
+            ts = row.attrs_ts
+            self._attrs[level] = decode_attrs(row.attrs, ts)
+        return self._attrs[level]
+
+
+def _base_select(level: Level) -> Select[Any]:
+    if level is Level.PATIENT:
+        return select(Patient)
+    if level is Level.STUDY:
+        return select(Patient, Study).join(Study.patient)
+    if level is Level.SERIES:
+        return select(Patient, Study, Series).join(Study.patient).join(Study.series)
+    return (
+        select(Patient, Study, Series, Instance)
+        .join(Study.patient)
+        .join(Study.series)
+        .join(Series.instances)
+    )
+
+
+class Matcher:
+    """Finds index rows matching an identifier at one level."""
+
+    def __init__(self, level: Level, keys: Sequence[Key], *, pn_case_insensitive: bool) -> None:
+        self.level = level
+        self.keys = list(keys)
+        self.pn_ci = pn_case_insensitive
+        depth = _DEPTH[level]
+        self.sql: list[ColumnElement[bool]] = []
+        self.post: list[tuple[Level, Key]] = []
+        for key in self.keys:
+            if key.value in ("", "*") or key.vr == "SQ":
+                continue
+            if key.tag in COLUMNS and _DEPTH[COLUMNS[key.tag][0]] <= depth:
+                cond = _sql_condition(COLUMNS[key.tag][1], key, self.pn_ci)
+                if cond is not None:
+                    self.sql.append(cond)
+            elif key.tag == MODALITIES_IN_STUDY and depth >= 1:
+                mods = [m for m in key.value.split("\\") if m]
+                self.sql.append(
+                    exists().where(
+                        Series.study_fk == Study.id,
+                        or_(*(_single(Series.modality, m, "CS", False) for m in mods)),
+                    )
+                )
+            elif key.tag not in COMPUTED and _DEPTH[tag_level(key.tag)] <= depth:
+                self.post.append(
+                    (max(tag_level(key.tag), Level.STUDY, key=_DEPTH.__getitem__), key)
+                )
+
+    def statement(self) -> Select[Any]:
+        stmt = _base_select(self.level)
+        if self.sql:
+            stmt = stmt.where(*self.sql)
+        order = {
+            Level.PATIENT: Patient.id,
+            Level.STUDY: Study.id,
+            Level.SERIES: Series.id,
+            Level.IMAGE: Instance.id,
+        }[self.level]
+        return stmt.order_by(order)
+
+    def _post_ok(self, hit: Hit) -> bool:
+        for lvl, key in self.post:
+            ds = hit.attrs(lvl)
+            if ds is None:
+                return False
+            try:
+                elem = ds.get(key.tag)
+                actual = (
+                    ""
+                    if elem is None or elem.value is None
+                    else ("\\".join(str(v) for v in elem.value) if elem.VM > 1 else str(elem.value))
+                )
+            except Exception:
+                actual = ""
+            if not _py_match(actual.strip(), key):
+                return False
+        return True
+
+    def hits(self, session: Session, limit: int | None = None, offset: int = 0) -> Iterator[Hit]:
+        stmt = self.statement()
+        if not self.post:
+            if limit is not None:
+                stmt = stmt.limit(limit)
+            if offset:
+                stmt = stmt.offset(offset)
+        skipped = produced = 0
+        for row in session.execute(stmt):
+            hit = Hit(*row)
+            if self.post:
+                if not self._post_ok(hit):
+                    continue
+                if skipped < offset:
+                    skipped += 1
+                    continue
+            yield hit
+            produced += 1
+            if self.post and limit is not None and produced >= limit:
+                return
+
+
+def match(
+    session: Session,
+    level: Level,
+    identifier: Dataset,
+    *,
+    pn_case_insensitive: bool,
+    limit: int | None = None,
+    offset: int = 0,
+) -> list[Hit]:
+    return list(
+        Matcher(level, keys_of(identifier), pn_case_insensitive=pn_case_insensitive).hits(
+            session, limit, offset
+        )
+    )
+
+
+def _counts(session: Session, level: Level, ids: list[int]) -> dict[int, dict[str, Any]]:
+    out: dict[int, dict[str, Any]] = defaultdict(dict)
+    if not ids:
+        return out
+    if level is Level.PATIENT:
+        rows = session.execute(
+            select(
+                Study.patient_fk,
+                func.count(func.distinct(Study.id)),
+                func.count(func.distinct(Series.id)),
+                func.count(Instance.id),
+            )
+            .join(Study.series)
+            .join(Series.instances)
+            .where(Study.patient_fk.in_(ids))
+            .group_by(Study.patient_fk)
+        )
+        for pid, st, se, inst in rows:
+            out[pid].update(studies=st, series=se, instances=inst)
+    elif level is Level.STUDY:
+        rows = session.execute(
+            select(Series.study_fk, func.count(func.distinct(Series.id)), func.count(Instance.id))
+            .join(Series.instances)
+            .where(Series.study_fk.in_(ids))
+            .group_by(Series.study_fk)
+        )
+        for sid, se, inst in rows:
+            out[sid].update(series=se, instances=inst)
+        for sid, mod in session.execute(
+            select(Series.study_fk, Series.modality)
+            .distinct()
+            .where(Series.study_fk.in_(ids))
+            .order_by(Series.modality)
+        ):
+            if mod:
+                out[sid].setdefault("modalities", []).append(mod)
+        for sid, cls in session.execute(
+            select(Series.study_fk, Instance.sop_class_uid)
+            .distinct()
+            .join(Series.instances)
+            .where(Series.study_fk.in_(ids))
+            .order_by(Instance.sop_class_uid)
+        ):
+            out[sid].setdefault("sop_classes", []).append(cls)
+    elif level is Level.SERIES:
+        for sid, inst in session.execute(
+            select(Instance.series_fk, func.count(Instance.id))
+            .where(Instance.series_fk.in_(ids))
+            .group_by(Instance.series_fk)
+        ):
+            out[sid]["instances"] = inst
+    return out
+
+
+def _row_id(hit: Hit, level: Level) -> int:
+    row = {
+        Level.PATIENT: hit.patient,
+        Level.STUDY: hit.study,
+        Level.SERIES: hit.series,
+        Level.IMAGE: hit.instance,
+    }[level]
+    assert row is not None
+    return row.id
+
+
+def _patient_value(p: Patient, tag: int) -> str | None:
+    return {
+        0x00100010: p.name,
+        0x00100020: p.patient_id,
+        0x00100021: p.issuer,
+        0x00100030: p.birth_date,
+        0x00100040: p.sex,
+    }.get(tag)
+
+
+def responses(
+    session: Session, level: Level, hits: list[Hit], identifier: Dataset, *, retrieve_ae: str
+) -> Iterator[Dataset]:
+    """Answer datasets with exactly the requested keys (plus level and character set)."""
+    keys = keys_of(identifier)
+    wanted = {k.tag for k in keys}
+    need_counts = bool(wanted & COMPUTED)
+    counts = _counts(session, level, [_row_id(h, level) for h in hits]) if need_counts else {}
+    charset_requested = CHARSET in identifier
+    for hit in hits:
+        ds = Dataset()
+        ds.QueryRetrieveLevel = level.value
+        row_counts = counts.get(_row_id(hit, level), {}) if need_counts else {}
+        for key in keys:
+            ds.add(_answer(hit, level, key, row_counts, retrieve_ae))
+        non_ascii = any(isinstance(e.value, str) and not e.value.isascii() for e in ds)
+        if non_ascii or any(e.VR == "PN" and not str(e.value or "").isascii() for e in ds):
+            ds.SpecificCharacterSet = "ISO_IR 192"
+        elif charset_requested:
+            ds.SpecificCharacterSet = identifier.SpecificCharacterSet or ""
+        yield ds
+
+
+def _empty(key: Key) -> DataElement:
+    if key.vr == "SQ":
+        return DataElement(key.tag, "SQ", DicomSequence())
+    return DataElement(key.tag, key.vr, None)
+
+
+def _answer(
+    hit: Hit, level: Level, key: Key, counts: dict[str, Any], retrieve_ae: str
+) -> DataElement:
+    tag = key.tag
+    depth = _DEPTH[level]
+    if tag == RETRIEVE_AE:
+        return DataElement(tag, "AE", retrieve_ae)
+    if tag == AVAILABILITY:
+        return DataElement(tag, "CS", "ONLINE")
+    table = {
+        Level.PATIENT: PATIENT_COUNTS,
+        Level.STUDY: STUDY_COUNTS,
+        Level.SERIES: SERIES_COUNTS,
+    }.get(level, {})
+    if tag in table:
+        return DataElement(tag, "IS", str(counts.get(table[tag], 0)))
+    if tag == MODALITIES_IN_STUDY and depth >= 1:
+        return DataElement(tag, "CS", counts.get("modalities") or None)
+    if tag == SOP_CLASSES_IN_STUDY and depth >= 1:
+        return DataElement(tag, "UI", counts.get("sop_classes") or None)
+    if tag in COMPUTED:
+        return _empty(key)
+    value = _patient_value(hit.patient, tag)
+    if value is not None:
+        return DataElement(tag, key.vr if key.vr != "UN" else dictionary_VR(tag), value or None)
+    src = tag_level(tag)
+    if _DEPTH[src] > depth:
+        return _empty(key)
+    ds = hit.attrs(max(src, Level.STUDY, key=_DEPTH.__getitem__))
+    if ds is not None and tag in ds:
+        try:
+            elem = ds[tag]
+            return DataElement(tag, elem.VR, elem.value)
+        except Exception:
+            return _empty(key)
+    return _empty(key)

@@ -1,0 +1,115 @@
+"""One settings object, from PACSBROKER_* environment variables and an optional TOML file."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class Peer(BaseModel):
+    """A DICOM application entity we know; flags say what it may do."""
+
+    ae: str
+    host: str = "127.0.0.1"
+    port: int = 104
+    store: bool = True
+    query: bool = True
+    retrieve: bool = True
+
+    @field_validator("ae")
+    @classmethod
+    def _ae_title(cls, v: str) -> str:
+        v = v.strip()
+        if not 0 < len(v) <= 16:
+            raise ValueError("an AE title has 1 to 16 characters")
+        return v
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """Reads the file named by PACSBROKER_CONFIG, if any; environment variables win."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get("PACSBROKER_CONFIG")
+        if not path:
+            return {}
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+        return {k.lower(): v for k, v in data.items()}
+
+
+class Settings(BaseSettings):
+    """Every field is also the environment variable PACSBROKER_<NAME>."""
+
+    model_config = SettingsConfigDict(env_prefix="PACSBROKER_", extra="ignore")
+
+    data_dir: Path = Field(default=Path("var"), description="Spool, local stores, SQLite index")
+    ae_title: str = "PACSBROKER"
+    bind_host: str = Field(default="0.0.0.0", description="Address the DICOM and HTTP ports bind")
+    dicom_port: int = 11112
+    http_port: int = 8080
+    database_url: str = Field(default="", description="SQLAlchemy URL; empty = SQLite in data_dir")
+    s3_endpoint: str = Field(default="", description="host:port of MinIO/S3; empty = local store")
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    s3_bucket: str = "pacs-archive"
+    s3_secure: bool = False
+    peers: list[Peer] = Field(default_factory=list)
+    loopback_open: bool | None = Field(
+        default=None,
+        description="Accept unknown AE titles from loopback; default: only while PEERS is empty",
+    )
+    receivers: int = Field(default=0, description="DICOM receiver processes; 0 = one per core")
+    ingest_batch: int = 64
+    ingest_threads: int = 4
+    max_pdu: int = 262144
+    pn_case_insensitive: bool = False
+    spool_segment_mb: int = 64
+    network_timeout: float = 60.0
+    log_level: str = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _TomlSource(settings_cls))
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae(cls, v: str) -> str:
+        v = v.strip()
+        if not 0 < len(v) <= 16:
+            raise ValueError("AE_TITLE has 1 to 16 characters")
+        return v
+
+    @cached_property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'index.db').resolve()}"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def open_to_loopback(self) -> bool:
+        return self.loopback_open if self.loopback_open is not None else not self.peers
+
+    def peer(self, ae: str) -> Peer | None:
+        ae = ae.strip()
+        return next((p for p in self.peers if p.ae == ae), None)
+
+    def receiver_count(self) -> int:
+        return self.receivers or max(1, os.cpu_count() or 1)

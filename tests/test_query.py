@@ -1,0 +1,113 @@
+"""C-FIND matching over the real index (SQLite and PostgreSQL)."""
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from pydicom.dataset import Dataset
+
+from storage.archive import Archive, object_key, sha256_of
+from storage.catalog import Archived, Outcome, file_instances
+from storage.dicomheader import parse
+from storage.query import Level, match, responses
+from storage.settings import Settings
+from tests.conftest import SAMPLES
+
+
+@pytest.fixture
+def archive(tmp_path: Path, db_url: str) -> Archive:
+    a = Archive(Settings(data_dir=tmp_path, database_url=db_url), run_migrations=True)
+    items = []
+    for p in sorted(SAMPLES.rglob("*.dcm")):
+        data = p.read_bytes()
+        h = parse(data)
+        sha = sha256_of(data)
+        items.append(
+            Archived(h, object_key(h, sha), len(data), sha, "TEST", dt.datetime.now(dt.UTC))
+        )
+    with a.sessions() as s, s.begin():
+        assert set(file_instances(s, items)) == {Outcome.STORED}
+    return a
+
+
+def ident(level: str, **keys: object) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    for k, v in keys.items():
+        setattr(ds, k, v)
+    return ds
+
+
+def find(a: Archive, level: Level, ci: bool = False, **keys: object) -> list[Dataset]:
+    q = ident(level.value, **keys)
+    with a.sessions() as s:
+        hits = match(s, level, q, pn_case_insensitive=ci)
+        return list(responses(s, level, hits, q, retrieve_ae="PB"))
+
+
+def test_study_level_wildcard_and_counts(archive: Archive) -> None:
+    r = find(
+        archive,
+        Level.STUDY,
+        PatientName="Nord*",
+        StudyInstanceUID="",
+        ModalitiesInStudy="",
+        NumberOfStudyRelatedInstances="",
+        NumberOfStudyRelatedSeries="",
+    )
+    assert len(r) == 1
+    assert r[0].ModalitiesInStudy == "CT"
+    assert int(r[0].NumberOfStudyRelatedSeries) == 6
+    assert int(r[0].NumberOfStudyRelatedInstances) == 12
+    assert {e.keyword for e in r[0]} == {
+        "QueryRetrieveLevel",
+        "PatientName",
+        "StudyInstanceUID",
+        "ModalitiesInStudy",
+        "NumberOfStudyRelatedInstances",
+        "NumberOfStudyRelatedSeries",
+    }
+
+
+def test_date_ranges(archive: Archive) -> None:
+    assert len(find(archive, Level.STUDY, StudyDate="20230101-")) == 3
+    assert len(find(archive, Level.STUDY, StudyDate="-20221231")) == 1
+    assert len(find(archive, Level.STUDY, StudyDate="20231120-20240301")) == 2
+    assert len(find(archive, Level.STUDY, StudyDate="20231120")) == 1
+
+
+def test_pn_case_and_unicode(archive: Archive) -> None:
+    assert find(archive, Level.PATIENT, PatientName="nord*") == []
+    assert len(find(archive, Level.PATIENT, ci=True, PatientName="nord*")) == 1
+    r = find(archive, Level.PATIENT, PatientName="Øde*", PatientID="")
+    assert len(r) == 1 and str(r[0].PatientName) == "Ødegård^Åse"
+    assert r[0].SpecificCharacterSet == "ISO_IR 192"
+
+
+def test_uid_list_and_modalities(archive: Archive) -> None:
+    studies = find(archive, Level.STUDY, StudyInstanceUID="", ModalitiesInStudy="")
+    uids = [str(s.StudyInstanceUID) for s in studies]
+    assert len(uids) == 4
+    both = find(archive, Level.STUDY, StudyInstanceUID="\\".join(uids[:2]))
+    assert len(both) == 2
+    assert len(find(archive, Level.STUDY, ModalitiesInStudy="US\\CR")) == 2
+
+
+def test_non_indexed_key_and_unknown_key_returned_empty(archive: Archive) -> None:
+    r = find(
+        archive,
+        Level.SERIES,
+        Modality="MR",
+        InstitutionName="Synth*",
+        PerformingPhysicianName="",
+        SeriesInstanceUID="",
+    )
+    assert len(r) == 1
+    assert r[0].InstitutionName == "Synthetic Hospital"
+    assert "PerformingPhysicianName" in r[0] and not r[0].PerformingPhysicianName
+    assert find(archive, Level.SERIES, Modality="MR", InstitutionName="Other*") == []
+
+
+def test_image_level_and_wildcard_question_mark(archive: Archive) -> None:
+    r = find(archive, Level.IMAGE, Modality="M?", SOPInstanceUID="", InstanceNumber="")
+    assert sorted(int(x.InstanceNumber) for x in r) == [1, 2, 3]

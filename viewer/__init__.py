@@ -1,0 +1,1 @@
+"""The HTTP face: health, status, and (later) EPR API, DICOMweb, viewer, admin."""

@@ -1,0 +1,34 @@
+"""FastAPI application: one router per resource; health is the only open route."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI
+from pydantic import BaseModel
+
+from storage.archive import Archive
+from storage.stats import archive_counts
+from viewer.auth import Caller, caller, signing_key
+
+
+class Health(BaseModel):
+    status: str
+
+
+def create_app(archive: Archive, runtime_status: Callable[[], dict[str, Any]]) -> FastAPI:
+    app = FastAPI(title="pacsbroker", version="0.1.0")
+    app.state.signing_key = signing_key(archive.settings.data_dir)
+
+    @app.get("/healthz", response_model=Health, tags=["health"])
+    def healthz() -> Health:
+        return Health(status="ok")
+
+    @app.get("/api/v1/status", tags=["admin"])
+    def status(who: Annotated[Caller, Depends(caller)]) -> dict[str, Any]:
+        with archive.sessions() as session:
+            counts = archive_counts(session)
+        return {"archive": counts, **runtime_status()}
+
+    return app
