@@ -129,9 +129,13 @@ def save(ds: Dataset, ts: str, path: Path) -> None:
     meta.TransferSyntaxUID = ts
     meta.ImplementationClassUID = ROOT + "1"
     ds.file_meta = meta
-    if ts == RLELossless or ts == JPEG2000Lossless:
+    if ts in (RLELossless, JPEG2000Lossless):
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.compress(ts, encoding_plugin="pylibjpeg" if ts == JPEG2000Lossless else "pydicom")
+        ds.compress(
+            ts,
+            encoding_plugin="pylibjpeg" if ts == JPEG2000Lossless else "pydicom",
+            generate_instance_uid=False,
+        )
     elif ts == ExplicitVRBigEndian:
         arr = np.frombuffer(ds.PixelData, dtype="<u2").astype(">u2")
         ds.PixelData = arr.tobytes()

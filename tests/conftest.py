@@ -104,14 +104,12 @@ class Broker:
         )
 
     def settings(self) -> Any:
+        from unittest import mock
+
         from storage.settings import Settings
 
-        keys = {
-            k[len("PACSBROKER_") :].lower(): v
-            for k, v in self.env.items()
-            if k.startswith("PACSBROKER_")
-        }
-        return Settings(**keys)
+        with mock.patch.dict(os.environ, self.env, clear=True):
+            return Settings()
 
 
 @pytest.fixture

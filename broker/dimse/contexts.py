@@ -78,16 +78,10 @@ def scp_contexts() -> list[PresentationContext]:
 
 
 def sub_operation_contexts(pairs: set[tuple[str, str]]) -> list[PresentationContext]:
-    """For C-MOVE: each SOP class with its stored syntax first, then the uncompressed ones."""
-    by_class: dict[str, list[str]] = {}
-    for sop_class, ts in sorted(pairs):
-        by_class.setdefault(sop_class, [])
-        if ts not in by_class[sop_class]:
-            by_class[sop_class].append(ts)
-    if not by_class:
-        by_class["1.2.840.10008.5.1.4.1.1.7"] = []  # an association needs one context
-    out = []
-    for sop_class, stored in by_class.items():
-        syntaxes = stored + [ts for ts in UNCOMPRESSED if ts not in stored]
-        out.append(build_context(UID(sop_class), syntaxes))
+    """For C-MOVE: one context per stored (SOP class, syntax), since a peer accepts one syntax
+    per context, plus an uncompressed fallback per SOP class."""
+    if not pairs:
+        pairs = {("1.2.840.10008.5.1.4.1.1.7", str(ExplicitVRLittleEndian))}
+    out = [build_context(UID(c), [ts]) for c, ts in sorted(pairs)]
+    out += [build_context(UID(c), UNCOMPRESSED) for c in sorted({c for c, _ in pairs})]
     return out[:128]

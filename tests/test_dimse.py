@@ -1,0 +1,395 @@
+"""The archive core against real peers: DCMTK tools, the broker process, MinIO, both databases."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.filereader import read_file_meta_info
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage, Verification
+
+from sample_dicom.generate import large_ct
+from storage.archive import Archive
+from storage.dicomheader import dataset_offset
+from storage.objects import S3ObjectStore
+from storage.stats import archive_counts
+from tests.conftest import SAMPLES, Broker, free_port, wait_port
+from tests.dcmtk import ENV, echoscu, findscu, run, storescu
+
+PEERS_AE = ["STORESCU", "FINDSCU", "MOVESCU", "GETSCU", "ECHOSCU", "PYSCU"]
+
+
+def peers(dest_port: int = 0) -> str:
+    table = [{"ae": ae} for ae in PEERS_AE]
+    if dest_port:
+        table.append({"ae": "STORESCP", "host": "127.0.0.1", "port": dest_port})
+    return json.dumps(table)
+
+
+def counts(b: Broker) -> dict[str, int]:
+    a = Archive(b.settings())
+    try:
+        with a.sessions() as s:
+            return archive_counts(s)
+    finally:
+        a.close()
+
+
+def wait_instances(b: Broker, n: int, timeout: float = 90) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if counts(b)["instances"] >= n:
+            return
+        time.sleep(0.3)
+    raise TimeoutError(f"{counts(b)} after {timeout}s; log: {b.log.read_text()[-2000:]}")
+
+
+def by_syntax(root: Path) -> dict[str, list[Path]]:
+    out: dict[str, list[Path]] = defaultdict(list)
+    for p in sorted(root.rglob("*.dcm")):
+        out[str(read_file_meta_info(p).TransferSyntaxUID)].append(p)
+    return out
+
+
+def same_object(sent: Path, got: Path) -> None:
+    """Byte-identical data set, or equal content where the transfer syntax had to change."""
+    a, b = sent.read_bytes(), got.read_bytes()
+    ts_a = read_file_meta_info(sent).TransferSyntaxUID
+    ts_b = read_file_meta_info(got).TransferSyntaxUID
+    if ts_a == ts_b and not ts_a.is_deflated:
+        assert a[dataset_offset(a) :] == b[dataset_offset(b) :], f"{sent.name} differs"
+    else:
+        da, db = dcmread(sent), dcmread(got)
+        assert da.SOPInstanceUID == db.SOPInstanceUID
+        assert (da.pixel_array == db.pixel_array).all()
+
+
+def storescp(port: int, out: Path) -> subprocess.Popen[bytes]:
+    out.mkdir(parents=True, exist_ok=True)
+    p = subprocess.Popen(
+        ["storescp", "-aet", "STORESCP", "+xa", "-od", str(out), str(port)],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_port(port)
+    return p
+
+
+def test_store_find_move_get_roundtrip(broker_factory, tmp_path: Path) -> None:
+    dest_port = free_port()
+    b = broker_factory({"PACSBROKER_PEERS": peers(dest_port)}).start()
+    groups = by_syntax(SAMPLES)
+    assert len(groups) >= 6
+    for ts, files in groups.items():
+        r = storescu(b.dicom_port, files, ts)
+        assert r.returncode == 0, f"{ts}: {r.stderr}"
+    total = sum(len(f) for f in groups.values())
+    wait_instances(b, total)
+
+    pats = findscu(
+        b.dicom_port,
+        {"QueryRetrieveLevel": "PATIENT", "PatientName": "*", "PatientID": ""},
+        model="-P",
+    )
+    assert len(pats) == 3
+    studies = findscu(
+        b.dicom_port,
+        {
+            "QueryRetrieveLevel": "STUDY",
+            "StudyDate": "20230101-",
+            "PatientName": "",
+            "StudyInstanceUID": "",
+            "ModalitiesInStudy": "",
+        },
+    )
+    assert sorted(s.ModalitiesInStudy for s in studies) == ["CR", "CT", "US"]
+    ct = next(s for s in studies if s.ModalitiesInStudy == "CT")
+    assert set(ct.keys()) == {
+        0x00080005,
+        0x00080020,
+        0x00080052,
+        0x00080061,
+        0x00100010,
+        0x0020000D,
+    } - {0x00080005} | ({0x00080005} & set(ct.keys()))
+    series = findscu(
+        b.dicom_port,
+        {
+            "QueryRetrieveLevel": "SERIES",
+            "StudyInstanceUID": ct.StudyInstanceUID,
+            "SeriesInstanceUID": "",
+            "Modality": "CT",
+            "SeriesDescription": "",
+            "NumberOfSeriesRelatedInstances": "",
+        },
+    )
+    assert len(series) == 6 and all(int(s.NumberOfSeriesRelatedInstances) == 2 for s in series)
+    images = findscu(
+        b.dicom_port,
+        {
+            "QueryRetrieveLevel": "IMAGE",
+            "StudyInstanceUID": ct.StudyInstanceUID,
+            "SeriesInstanceUID": series[0].SeriesInstanceUID,
+            "SOPInstanceUID": "",
+        },
+    )
+    assert len(images) == 2
+
+    sent = {
+        str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): p
+        for files in groups.values()
+        for p in files
+    }
+    scp = storescp(dest_port, tmp_path / "moved")
+    try:
+        r = run(
+            [
+                "movescu",
+                "-S",
+                "-aet",
+                "MOVESCU",
+                "-aec",
+                "PACSBROKER",
+                "-aem",
+                "STORESCP",
+                "-k",
+                "QueryRetrieveLevel=STUDY",
+                "-k",
+                f"StudyInstanceUID={ct.StudyInstanceUID}",
+                "127.0.0.1",
+                str(b.dicom_port),
+            ]
+        )
+        assert r.returncode == 0, r.stderr
+    finally:
+        scp.terminate()
+        scp.wait()
+    moved = list((tmp_path / "moved").iterdir())
+    assert len(moved) == 12
+    for got in moved:
+        same_object(sent[str(dcmread(got, stop_before_pixels=True).SOPInstanceUID)], got)
+
+    explicit = next(s for s in series if s.SeriesDescription == "CT Explicit VR Little Endian")
+    got_dir = tmp_path / "got"
+    got_dir.mkdir()
+    r = run(
+        [
+            "getscu",
+            "-S",
+            "-aet",
+            "GETSCU",
+            "-aec",
+            "PACSBROKER",
+            "-od",
+            str(got_dir),
+            "-k",
+            "QueryRetrieveLevel=SERIES",
+            "-k",
+            f"StudyInstanceUID={ct.StudyInstanceUID}",
+            "-k",
+            f"SeriesInstanceUID={explicit.SeriesInstanceUID}",
+            "127.0.0.1",
+            str(b.dicom_port),
+        ]
+    )
+    assert r.returncode == 0, r.stderr
+    fetched = list(got_dir.iterdir())
+    assert len(fetched) == 2
+    for got in fetched:
+        same_object(sent[str(dcmread(got, stop_before_pixels=True).SOPInstanceUID)], got)
+
+    r = run(
+        [
+            "movescu",
+            "-S",
+            "-aet",
+            "MOVESCU",
+            "-aec",
+            "PACSBROKER",
+            "-aem",
+            "NOWHERE",
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            f"StudyInstanceUID={ct.StudyInstanceUID}",
+            "127.0.0.1",
+            str(b.dicom_port),
+        ]
+    )
+    assert (
+        "MoveDestinationUnknown" in r.stderr + r.stdout or "a801" in (r.stderr + r.stdout).lower()
+    )
+
+    # the same object again: success, no second copy
+    r = storescu(b.dicom_port, groups["1.2.840.10008.1.2.1"][:1])
+    assert r.returncode == 0
+    time.sleep(1.5)
+    assert counts(b)["instances"] == total
+
+
+def _raw_store(port: int, payload: bytes, sop_uid: str, tmp: Path) -> int:
+    """Send a hand-made (possibly broken) data set as-is; returns the C-STORE status."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filewriter import write_file_meta_info
+    from pynetdicom import _config
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    path = tmp / f"raw-{sop_uid}.dcm"
+    with open(path, "wb") as f:
+        f.write(b"\0" * 128 + b"DICM")
+        write_file_meta_info(f, meta)  # type: ignore[arg-type]
+        f.write(payload)
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        ae = AE("PYSCU")
+        ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
+        assoc = ae.associate("127.0.0.1", port, ae_title="PACSBROKER")
+        assert assoc.is_established
+        rsp = assoc.send_c_store(path)
+        assoc.release()
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = False
+    return int(rsp.Status)
+
+
+def test_refusals_and_hostile_input(broker_factory, tmp_path: Path) -> None:
+    b = broker_factory({"PACSBROKER_PEERS": peers()}).start()
+    r = echoscu(b.dicom_port, aet="STRANGER")
+    assert r.returncode != 0 and "Rejected" in r.stderr + r.stdout
+    assert echoscu(b.dicom_port).returncode == 0
+    for junk in (
+        b"\x00" * 10,
+        os.urandom(5000),
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"\x01\x00\xff\xff\xff\xff" + os.urandom(64),
+    ):
+        with socket.create_connection(("127.0.0.1", b.dicom_port), timeout=5) as s:
+            s.sendall(junk)
+            s.settimeout(5)
+            with contextlib.suppress(TimeoutError, ConnectionError):
+                s.recv(100)
+    f = next(SAMPLES.rglob("ct-s1-0000.dcm"))
+    data = f.read_bytes()
+    ds_bytes = data[dataset_offset(data) :]
+    uid = str(dcmread(f).SOPInstanceUID)
+    assert (
+        _raw_store(b.dicom_port, ds_bytes[:-300], uid, tmp_path) == 0xC002
+    )  # truncated pixel data
+    assert _raw_store(b.dicom_port, b"\x08\x00\x18\x00UI\x04\x001.2\x00", "1.2", tmp_path) == 0xC001
+    assert _raw_store(b.dicom_port, ds_bytes, "1.2.3.999", tmp_path) == 0xA900
+    assert echoscu(b.dicom_port).returncode == 0, "the broker keeps serving"
+    assert counts(b)["instances"] == 0
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_kill9_mid_transfer_loses_nothing(broker_factory, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    large_ct(src, 100, 64, 2)
+    files = sorted(src.rglob("*.dcm"))
+    assert len(files) == 200
+    b = broker_factory({"PACSBROKER_PEERS": peers()}).start()
+    acked: list[str] = []
+    lock = threading.Lock()
+
+    def send(chunk: list[Path]) -> None:
+        ae = AE("PYSCU")
+        ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
+        assoc = ae.associate("127.0.0.1", b.dicom_port, ae_title="PACSBROKER")
+        for p in chunk:
+            try:
+                ds = dcmread(p)
+                st = assoc.send_c_store(ds)
+            except Exception:
+                return
+            if getattr(st, "Status", None) == 0:
+                with lock:
+                    acked.append(str(ds.SOPInstanceUID))
+            if not assoc.is_established:
+                return
+        assoc.release()
+
+    threads = [threading.Thread(target=send, args=(files[i::2],)) for i in range(2)]
+    for t in threads:
+        t.start()
+    while len(acked) < 80:
+        time.sleep(0.01)
+    b.kill9()
+    for t in threads:
+        t.join(30)
+    n = len(acked)
+    assert 80 <= n < 200
+    b.start()
+    wait_instances(b, n)
+    a = Archive(b.settings())
+    from storage.archive import sha256_of
+    from storage.models import Instance
+
+    with a.sessions() as s:
+        rows = {r.sop_uid: r for r in s.query(Instance).all()}
+    for uid in acked:
+        row = rows[uid]
+        assert sha256_of(a.store.get(row.object_key)) == row.sha256
+    assert len(set(rows)) == len(rows)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_minio_outage_spools_then_archives(broker_factory, minio) -> None:
+    b = broker_factory({"PACSBROKER_PEERS": peers(), **minio.env()}).start()
+    files = sorted((SAMPLES / "aase-mr").glob("*.dcm"))
+    assert storescu(b.dicom_port, files[:1]).returncode == 0
+    wait_instances(b, 1)
+    minio.stop()
+    r = storescu(b.dicom_port, files[1:])
+    assert r.returncode == 0, r.stderr
+    time.sleep(2)
+    assert counts(b)["instances"] == 1, "nothing is indexed while the archive is down"
+    minio.port_reuse = True
+    minio.start()
+    wait_instances(b, len(files))
+    store = S3ObjectStore(f"127.0.0.1:{minio.port}", minio.access, minio.secret, "pacs-test", False)
+    assert len(list(store.keys())) == len(files)
+
+
+def test_erasure_coded_minio_survives_a_wiped_drive(tmp_path: Path) -> None:
+    from tests.conftest import MinioServer
+
+    m = MinioServer(tmp_path / "ec", drives=4).start()
+    try:
+        store = S3ObjectStore(f"127.0.0.1:{m.port}", m.access, m.secret, "ec-test", False)
+        objects = {f"s/{i}.dcm": os.urandom(10_000 + i) for i in range(20)}
+        for k, v in objects.items():
+            store.put(k, v)
+        for child in m.drives[0].iterdir():
+            if child.is_dir():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+        for k, v in objects.items():
+            assert store.get(k) == v
+    finally:
+        m.stop()
+
+
+def test_echo_from_loopback_in_demo_default(broker_factory) -> None:
+    b = broker_factory({}).start()
+    ae = AE("ANYONE")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", b.dicom_port, ae_title="PACSBROKER")
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0
+    assoc.release()
