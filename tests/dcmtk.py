@@ -64,3 +64,24 @@ def findscu(
 
 def echoscu(port: int, aet: str = "ECHOSCU") -> subprocess.CompletedProcess[str]:
     return run(["echoscu", "-aet", aet, "-aec", "PACSBROKER", "127.0.0.1", str(port)])
+
+
+def movescu(port: int, dest: str, study_uid: str) -> subprocess.CompletedProcess[str]:
+    return run(
+        [
+            "movescu",
+            "-S",
+            "-aet",
+            "MOVESCU",
+            "-aec",
+            "PACSBROKER",
+            "-aem",
+            dest,
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            f"StudyInstanceUID={study_uid}",
+            "127.0.0.1",
+            str(port),
+        ]
+    )
