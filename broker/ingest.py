@@ -179,7 +179,8 @@ class IngestWorker:
             if not it.sha:
                 self._prepare(it)
         seen: set[str] = set()
-        now_items, later = [], []
+        now_items: list[_Item] = []
+        later: list[_Item] = []
         for it in items:
             uid = it.archived.header.sop_uid if it.archived else it.key
             (later if uid in seen else now_items).append(it)

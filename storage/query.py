@@ -280,19 +280,22 @@ class Hit:
         return self._attrs[level]
 
 
-def _base_select(level: Level) -> Select[Any]:
+def _base_select(level: Level) -> Select[*tuple[Any, ...]]:
+    sel: Select[*tuple[Any, ...]]
     if level is Level.PATIENT:
-        return select(Patient)
-    if level is Level.STUDY:
-        return select(Patient, Study).join(Study.patient)
-    if level is Level.SERIES:
-        return select(Patient, Study, Series).join(Study.patient).join(Study.series)
-    return (
-        select(Patient, Study, Series, Instance)
-        .join(Study.patient)
-        .join(Study.series)
-        .join(Series.instances)
-    )
+        sel = select(Patient)
+    elif level is Level.STUDY:
+        sel = select(Patient, Study).join(Study.patient)
+    elif level is Level.SERIES:
+        sel = select(Patient, Study, Series).join(Study.patient).join(Study.series)
+    else:
+        sel = (
+            select(Patient, Study, Series, Instance)
+            .join(Study.patient)
+            .join(Study.series)
+            .join(Series.instances)
+        )
+    return sel
 
 
 class Matcher:
@@ -325,7 +328,7 @@ class Matcher:
                     (max(tag_level(key.tag), Level.STUDY, key=_DEPTH.__getitem__), key)
                 )
 
-    def statement(self) -> Select[Any]:
+    def statement(self) -> Select[*tuple[Any, ...]]:
         stmt = _base_select(self.level)
         if self.sql:
             stmt = stmt.where(*self.sql)
@@ -413,13 +416,13 @@ def _counts(session: Session, level: Level, ids: list[int]) -> dict[int, dict[st
         for pid, st, se, inst in rows:
             out[pid].update(studies=st, series=se, instances=inst)
     elif level is Level.STUDY:
-        rows = session.execute(
+        study_rows = session.execute(
             select(Series.study_fk, func.count(func.distinct(Series.id)), func.count(Instance.id))
             .join(Series.instances)
             .where(Series.study_fk.in_(ids))
             .group_by(Series.study_fk)
         )
-        for sid, se, inst in rows:
+        for sid, se, inst in study_rows:
             out[sid].update(series=se, instances=inst)
         for sid, mod in session.execute(
             select(Series.study_fk, Series.modality)

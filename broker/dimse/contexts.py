@@ -11,18 +11,18 @@ from pydicom.uid import (
 )
 from pynetdicom import StoragePresentationContexts
 from pynetdicom.presentation import PresentationContext, build_context
-from pynetdicom.sop_class import (
-    PatientRootQueryRetrieveInformationModelFind,
-    PatientRootQueryRetrieveInformationModelGet,
-    PatientRootQueryRetrieveInformationModelMove,
-    StudyRootQueryRetrieveInformationModelFind,
-    StudyRootQueryRetrieveInformationModelGet,
-    StudyRootQueryRetrieveInformationModelMove,
-    Verification,
-)
 
-UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
-STORAGE_SYNTAXES = [
+# pynetdicom.sop_class builds its names at import time, so type checkers cannot see them.
+VERIFICATION = UID("1.2.840.10008.1.1")
+PATIENT_FIND = UID("1.2.840.10008.5.1.4.1.2.1.1")
+PATIENT_MOVE = UID("1.2.840.10008.5.1.4.1.2.1.2")
+PATIENT_GET = UID("1.2.840.10008.5.1.4.1.2.1.3")
+STUDY_FIND = UID("1.2.840.10008.5.1.4.1.2.2.1")
+STUDY_MOVE = UID("1.2.840.10008.5.1.4.1.2.2.2")
+STUDY_GET = UID("1.2.840.10008.5.1.4.1.2.2.3")
+
+UNCOMPRESSED: list[str | UID] = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+STORAGE_SYNTAXES: list[str | UID] = [
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     DeflatedExplicitVRLittleEndian,
@@ -49,18 +49,8 @@ STORAGE_SYNTAXES = [
     "1.2.840.10008.1.2.4.107",  # HEVC/H.265 Main
     "1.2.840.10008.1.2.4.108",  # HEVC/H.265 Main 10
 ]
-QUERY_RETRIEVE = [
-    PatientRootQueryRetrieveInformationModelFind,
-    StudyRootQueryRetrieveInformationModelFind,
-    PatientRootQueryRetrieveInformationModelMove,
-    StudyRootQueryRetrieveInformationModelMove,
-    PatientRootQueryRetrieveInformationModelGet,
-    StudyRootQueryRetrieveInformationModelGet,
-]
-FIND_MODELS = {
-    str(PatientRootQueryRetrieveInformationModelFind): "PATIENT",
-    str(StudyRootQueryRetrieveInformationModelFind): "STUDY",
-}
+QUERY_RETRIEVE = [PATIENT_FIND, STUDY_FIND, PATIENT_MOVE, STUDY_MOVE, PATIENT_GET, STUDY_GET]
+FIND_MODELS = {str(PATIENT_FIND): "PATIENT", str(STUDY_FIND): "STUDY"}
 
 
 def storage_classes() -> list[str]:
@@ -68,7 +58,7 @@ def storage_classes() -> list[str]:
 
 
 def scp_contexts() -> list[PresentationContext]:
-    out = [build_context(Verification, UNCOMPRESSED)]
+    out = [build_context(VERIFICATION, UNCOMPRESSED)]
     out += [build_context(uid, UNCOMPRESSED) for uid in QUERY_RETRIEVE]
     for uid in storage_classes():
         cx = build_context(uid, STORAGE_SYNTAXES)
@@ -82,6 +72,6 @@ def sub_operation_contexts(pairs: set[tuple[str, str]]) -> list[PresentationCont
     per context, plus an uncompressed fallback per SOP class."""
     if not pairs:
         pairs = {("1.2.840.10008.5.1.4.1.1.7", str(ExplicitVRLittleEndian))}
-    out = [build_context(UID(c), [ts]) for c, ts in sorted(pairs)]
+    out = [build_context(UID(c), [UID(ts)]) for c, ts in sorted(pairs)]
     out += [build_context(UID(c), UNCOMPRESSED) for c in sorted({c for c, _ in pairs})]
     return out[:128]

@@ -70,6 +70,7 @@ class RetrieveHandler:
         assoc = event.assoc
         calling, address = assoc.requestor.ae_title, assoc.requestor.address
         service = "C-MOVE" if self.move else "C-GET"
+        dest = None
         if self.move:
             dest_ae = str(event.move_destination or "").strip()
             dest = self.archive.settings.peer(dest_ae)
@@ -93,7 +94,7 @@ class RetrieveHandler:
                 failure = status(IDENTIFIER_MISMATCH, str(e))
         if failure is not None:
             log.warning("%s from %s refused: %s", service, calling, failure.ErrorComment)
-        if self.move:
+        if dest is not None:
             pairs = {(i.sop_class_uid, i.transfer_syntax) for i in instances}
             yield dest.host, dest.port, {"contexts": sub_operation_contexts(pairs)}
         if failure is not None:

@@ -35,6 +35,7 @@ class ReusePortServer(ThreadedAssociationServer):
     """Several receiver processes accept on one port; the kernel spreads the connections."""
 
     def server_bind(self) -> None:
+        assert self.socket is not None
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         super().server_bind()
@@ -96,7 +97,8 @@ def receiver_main(settings_json: str, index: int, notify: Any, ready: MpEvent) -
     writer = SpoolWriter(
         settings.spool_dir / f"r{index}", settings.spool_segment_mb << 20, on_sealed=on_sealed
     )
-    handlers = [
+    # pynetdicom types event ids loosely; its own examples pass plain tuples.
+    handlers: list[Any] = [
         (evt.EVT_C_ECHO, _echo(policy)),
         (evt.EVT_C_STORE, StoreHandler(policy, writer, on_record)),
         (evt.EVT_C_FIND, FindHandler(policy, archive)),
