@@ -87,6 +87,17 @@ def storescp(port: int, out: Path) -> subprocess.Popen[bytes]:
     return p
 
 
+def getscu(port: int, out: Path, **keys: str) -> list[Path]:
+    out.mkdir()
+    r = run(
+        ["getscu", "-S", "-aet", "GETSCU", "-aec", "PACSBROKER", "-od", str(out)]
+        + [arg for k, v in keys.items() for arg in ("-k", f"{k}={v}")]
+        + ["127.0.0.1", str(port)]
+    )
+    assert r.returncode == 0, r.stderr
+    return sorted(out.iterdir())
+
+
 def test_store_find_move_get_roundtrip(broker_factory, tmp_path: Path) -> None:
     dest_port = free_port()
     b = broker_factory({"PACSBROKER_PEERS": peers(dest_port)}).start()
@@ -165,32 +176,27 @@ def test_store_find_move_get_roundtrip(broker_factory, tmp_path: Path) -> None:
         same_object(sent[str(dcmread(got, stop_before_pixels=True).SOPInstanceUID)], got)
 
     explicit = next(s for s in series if s.SeriesDescription == "CT Explicit VR Little Endian")
-    got_dir = tmp_path / "got"
-    got_dir.mkdir()
-    r = run(
-        [
-            "getscu",
-            "-S",
-            "-aet",
-            "GETSCU",
-            "-aec",
-            "PACSBROKER",
-            "-od",
-            str(got_dir),
-            "-k",
-            "QueryRetrieveLevel=SERIES",
-            "-k",
-            f"StudyInstanceUID={ct.StudyInstanceUID}",
-            "-k",
-            f"SeriesInstanceUID={explicit.SeriesInstanceUID}",
-            "127.0.0.1",
-            str(b.dicom_port),
-        ]
+    fetched = getscu(
+        b.dicom_port,
+        tmp_path / "got",
+        QueryRetrieveLevel="SERIES",
+        StudyInstanceUID=ct.StudyInstanceUID,
+        SeriesInstanceUID=explicit.SeriesInstanceUID,
     )
-    assert r.returncode == 0, r.stderr
-    fetched = list(got_dir.iterdir())
     assert len(fetched) == 2
     for got in fetched:
+        same_object(sent[str(dcmread(got, stop_before_pixels=True).SOPInstanceUID)], got)
+
+    # getscu offers only uncompressed syntaxes: RLE, JPEG 2000, ... arrive decompressed
+    fetched = getscu(
+        b.dicom_port,
+        tmp_path / "got-study",
+        QueryRetrieveLevel="STUDY",
+        StudyInstanceUID=ct.StudyInstanceUID,
+    )
+    assert len(fetched) == 12
+    for got in fetched:
+        assert not read_file_meta_info(got).TransferSyntaxUID.is_compressed
         same_object(sent[str(dcmread(got, stop_before_pixels=True).SOPInstanceUID)], got)
 
     r = movescu(b.dicom_port, "NOWHERE", ct.StudyInstanceUID)

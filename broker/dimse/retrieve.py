@@ -1,4 +1,4 @@
-"""C-MOVE and C-GET: the stored bytes go out as they were received."""
+"""C-MOVE and C-GET: objects go out as received, decompressed only for peers that need it."""
 
 from __future__ import annotations
 
@@ -9,12 +9,15 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pynetdicom import evt
+from pynetdicom.association import Association
 from pynetdicom.events import Event
 
 from broker.dimse.access import AccessPolicy, Action
 from broker.dimse.contexts import sub_operation_contexts
 from broker.dimse.find import IDENTIFIER_MISMATCH, query_level
 from broker.dimse.store import NOT_AUTHORISED, status
+from broker.dimse.transcode import fit_to_peer
 from storage import audit
 from storage.archive import Archive
 from storage.models import Instance
@@ -94,9 +97,19 @@ class RetrieveHandler:
                 failure = status(IDENTIFIER_MISMATCH, str(e))
         if failure is not None:
             log.warning("%s from %s refused: %s", service, calling, failure.ErrorComment)
+        # C-GET sends on the caller's association; C-MOVE on one pynetdicom opens for us.
+        sub_assoc: list[Association] = [assoc]
         if dest is not None:
             pairs = {(i.sop_class_uid, i.transfer_syntax) for i in instances}
-            yield dest.host, dest.port, {"contexts": sub_operation_contexts(pairs)}
+            sub_assoc.clear()
+            yield (
+                dest.host,
+                dest.port,
+                {
+                    "contexts": sub_operation_contexts(pairs),
+                    "evt_handlers": [(evt.EVT_ACCEPTED, lambda e: sub_assoc.append(e.assoc))],
+                },
+            )
         if failure is not None:
             # pynetdicom takes a status only after a sub-operation count
             yield 1
@@ -109,7 +122,10 @@ class RetrieveHandler:
                 yield 0xFE00, None
                 return
             ds = self._load(inst)
-            yield 0xFF00, ds if ds is not None else _placeholder(inst)
+            if ds is None:
+                yield 0xFF00, _placeholder(inst)
+            else:
+                yield 0xFF00, fit_to_peer(ds, sub_assoc[0].accepted_contexts if sub_assoc else [])
 
     def _load(self, inst: Instance) -> Dataset | None:
         try:

@@ -1,0 +1,48 @@
+"""Fit a stored object to what a retrieve peer accepted: as stored, else decoded.
+
+Decoding keeps the SOP Instance UID: the peer asked for that object, in a syntax it can read.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from pydicom.dataset import Dataset
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian
+from pynetdicom.presentation import PresentationContext
+
+log = logging.getLogger("pacsbroker.retrieve")
+
+
+def fit_to_peer(ds: Dataset, accepted: Iterable[PresentationContext]) -> Dataset:
+    """Return `ds` as stored when the peer can take it; else decompress it, or turn big endian
+    into explicit little endian (pynetdicom converts among the little-endian syntaxes itself)."""
+    ts = UID(ds.file_meta.TransferSyntaxUID)
+    sop_class = str(ds.SOPClassUID)
+    offered = {
+        UID(cx.transfer_syntax[0]) for cx in accepted if str(cx.abstract_syntax) == sop_class
+    }
+    little = {t for t in offered if not t.is_compressed and t != ExplicitVRBigEndian}
+    if ts in offered or not little or (ts.is_little_endian and not ts.is_compressed):
+        return ds
+    try:
+        if ts.is_compressed:
+            ds.decompress(generate_instance_uid=False)
+        else:
+            _to_little_endian(ds)
+    except Exception as e:
+        # Sent as stored, the sub-operation fails and is counted; the others go on.
+        log.error("cannot convert %s from %s for the peer: %s", ds.SOPInstanceUID, ts.name, e)
+        return ds
+    log.info("converted %s from %s for a peer without that syntax", ds.SOPInstanceUID, ts.name)
+    return ds
+
+
+def _to_little_endian(ds: Dataset) -> None:
+    """Re-encode a big-endian object; pydicom swaps the other elements when writing."""
+    if "PixelData" in ds:
+        arr = ds.pixel_array
+        ds.PixelData = arr.astype(arr.dtype.newbyteorder("<")).tobytes()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.set_original_encoding(False, True, ds.original_character_set)
