@@ -365,3 +365,16 @@ def test_echo_from_loopback_in_demo_default(broker_factory) -> None:
     assert assoc.is_established
     assert assoc.send_c_echo().Status == 0
     assoc.release()
+
+
+def test_sigterm_stops_every_process(broker_factory) -> None:
+    """An init system's stop must not hang on the receivers (it did: 10 s per receiver)."""
+    b = broker_factory({}).start()
+    assert b.proc is not None
+    b.proc.terminate()
+    assert b.proc.wait(8) == 0
+    deadline = time.time() + 8
+    with pytest.raises(ProcessLookupError):
+        while time.time() < deadline:  # exited children are reaped by init shortly after
+            os.killpg(b.proc.pid, 0)
+            time.sleep(0.2)

@@ -116,7 +116,8 @@ def receiver_main(settings_json: str, index: int, notify: Any, ready: MpEvent) -
     )
 
     def stop(_sig: int, _frame: Any) -> None:
-        server.shutdown()
+        # shutdown() waits for serve_forever(), which this (main) thread is running.
+        threading.Thread(target=server.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
