@@ -11,6 +11,7 @@ import argparse
 import datetime as dt
 import io
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +87,8 @@ def base(
     ds.SOPInstanceUID = _uid(f"{series_uid}-{index}")
     ds.StudyDate = ds.SeriesDate = ds.ContentDate = study_date.strftime("%Y%m%d")
     ds.StudyTime = ds.SeriesTime = ds.ContentTime = "101500"
-    ds.AccessionNumber = f"A{abs(hash(study_uid)) % 10**8:08d}"
+    # crc32, not hash(): str hashes differ per process and the set must be reproducible
+    ds.AccessionNumber = f"A{zlib.crc32(study_uid.encode()) % 10**8:08d}"
     ds.Modality = modality
     ds.Manufacturer = "pacsbroker sample generator"
     ds.InstitutionName = "Synthetic Hospital"

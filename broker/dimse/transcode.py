@@ -40,7 +40,10 @@ def fit_to_peer(ds: Dataset, accepted: Iterable[PresentationContext]) -> Dataset
 
 
 def _to_little_endian(ds: Dataset) -> None:
-    """Re-encode a big-endian object; pydicom swaps the other elements when writing."""
+    """Re-encode a big-endian object: decode every element while the original encoding is
+    still known, so values (not raw big-endian bytes) are written out."""
+    for _ in ds.iterall():
+        pass
     if "PixelData" in ds:
         arr = ds.pixel_array
         ds.PixelData = arr.astype(arr.dtype.newbyteorder("<")).tobytes()
