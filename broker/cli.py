@@ -45,12 +45,16 @@ def serve(
     setup_logging(s.log_level, "main")
     rt = Runtime(s)
     rt.start_dicom()
+    rt.start_pas()
     host = _display_host(s)
     console.print(
         f"[bold]pacsbroker[/bold] DICOM: AE title [cyan]{s.ae_title}[/cyan] "
         f"on {host}:{s.dicom_port}  |  web: http://{host}:{s.http_port}/  "
         f"(health: http://{host}:{s.http_port}/healthz)"
     )
+    if s.hl7_port:
+        pas = s.pas_fhir_url or "none configured: header demographics are kept"
+        console.print(f"HL7 ADT (MLLP): {host}:{s.hl7_port}  |  PAS FHIR: {pas}")
     console.print(f"archive: {rt.archive.store.name}  index: {s.db_url.split('@')[-1]}")
     if load_dir is not None:
         _send(load_dir, host, s.dicom_port, s.ae_title, "PACSBROKER-LOAD")
@@ -162,6 +166,80 @@ def token(
 
     s = _settings()
     print(issue_token(signing_key(s.data_dir), user, role, ttl))
+
+
+quarantine_app = typer.Typer(help="Objects and studies waiting for an admin to resolve.")
+app.add_typer(quarantine_app, name="quarantine")
+
+
+def _actor() -> str:
+    import getpass
+
+    return f"cli:{getpass.getuser()}"
+
+
+@quarantine_app.command("list")
+def quarantine_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Studies of unconfirmed patients and unreadable objects, with the reason."""
+    from storage import quarantine
+    from storage.archive import Archive
+
+    archive = Archive(_settings(), run_migrations=True)
+    with archive.sessions() as session:
+        found = quarantine.listing(session)
+    if as_json:
+        print(json.dumps(found, ensure_ascii=False))
+        return
+    for st in found["studies"]:
+        print(
+            f"study {st['study_uid']}  {st['study_date']}  {st['instances']} objects  "
+            f"header ID {st['header_patient_id']!r}: {st['reason']}"
+        )
+    for ob in found["objects"]:
+        print(f"object {ob['object_key']}  from {ob['source_ae']}: {ob['reason']}")
+    if not found["studies"] and not found["objects"]:
+        print("quarantine is empty")
+
+
+@quarantine_app.command("assign")
+def quarantine_assign(
+    study_uid: str,
+    patient: Annotated[str, typer.Option(help="An identifier of the registry patient")],
+    system: Annotated[str, typer.Option(help="Its system URI, if ambiguous")] = "",
+) -> None:
+    """File a quarantined study under the right patient."""
+    from storage import quarantine, registry
+    from storage.archive import Archive
+    from storage.demographics import Identifier
+
+    archive = Archive(_settings(), run_migrations=True)
+    with archive.sessions() as session, session.begin():
+        target = registry.find(session, Identifier(system, patient))
+        if target is None:
+            console.print(f"[red]no patient {patient!r} in the registry[/red]")
+            raise typer.Exit(1)
+        try:
+            quarantine.assign(session, study_uid, target, actor=_actor(), source="cli")
+        except quarantine.QuarantineError as e:
+            console.print(f"[red]{e}[/red]")
+            raise typer.Exit(1) from None
+    console.print(f"study {study_uid} filed under {target.patient_id}")
+
+
+@quarantine_app.command("reject")
+def quarantine_reject(study_uid: str) -> None:
+    """Delete a quarantined study (objects and index rows); audited."""
+    from storage import quarantine
+    from storage.archive import Archive
+
+    archive = Archive(_settings(), run_migrations=True)
+    with archive.sessions() as session, session.begin():
+        try:
+            n = quarantine.reject(session, archive.store, study_uid, actor=_actor(), source="cli")
+        except quarantine.QuarantineError as e:
+            console.print(f"[red]{e}[/red]")
+            raise typer.Exit(1) from None
+    console.print(f"study {study_uid}: {n} objects deleted")
 
 
 def main() -> None:

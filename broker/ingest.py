@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from broker.pas.reconcile import Reconciler
 from storage import spool
 from storage.archive import Archive, object_key, sha256_of
 from storage.catalog import Archived, file_instances, quarantine
@@ -60,8 +61,16 @@ class SpoolTracker:
 class IngestWorker:
     """Takes record references from a queue and files them; retries while the archive is down."""
 
-    def __init__(self, archive: Archive, *, batch: int = 64, threads: int = 4) -> None:
+    def __init__(
+        self,
+        archive: Archive,
+        reconciler: Reconciler,
+        *,
+        batch: int = 64,
+        threads: int = 4,
+    ) -> None:
         self.archive = archive
+        self.reconciler = reconciler
         self.batch = batch
         self.queue: queue.Queue[tuple[str, ...] | spool.RecordRef] = queue.Queue()
         self.tracker = SpoolTracker()
@@ -187,9 +196,15 @@ class IngestWorker:
             seen.add(uid)
         store = self.archive.store
         list(self.pool.map(lambda it: store.put(it.key, it.rec.payload), now_items))
+        archived = [it.archived for it in now_items if it.archived]
+        decisions = self.reconciler.decide(self.archive.sessions, (a.header for a in archived))
         with self.archive.sessions() as session, session.begin():
             good = [it for it in now_items if it.archived]
-            outcomes = file_instances(session, [it.archived for it in good if it.archived])
+            outcomes = file_instances(
+                session,
+                archived,
+                lambda s, h: self.reconciler.patient_for(s, h, decisions),
+            )
             for it in now_items:
                 if not it.archived:
                     quarantine(

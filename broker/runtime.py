@@ -12,6 +12,10 @@ import uvicorn
 
 from broker.dimse.server import receiver_main
 from broker.ingest import IngestWorker
+from broker.pas.adt import AdtApplier
+from broker.pas.listener import MllpListener
+from broker.pas.pdqm import PasClient
+from broker.pas.reconcile import Reconciler
 from storage.archive import Archive
 from storage.settings import Settings
 from storage.spool import RecordRef
@@ -25,9 +29,25 @@ class Runtime:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.archive = Archive(settings, run_migrations=True)
-        self.ingest = IngestWorker(
-            self.archive, batch=settings.ingest_batch, threads=settings.ingest_threads
+        self.pas = (
+            PasClient(settings.pas_fhir_url, timeout=settings.pas_timeout, token=settings.pas_token)
+            if settings.pas_fhir_url
+            else None
         )
+        self.reconciler = Reconciler(self.pas, allow_synthetic=settings.allow_synthetic_ids)
+        self.ingest = IngestWorker(
+            self.archive,
+            self.reconciler,
+            batch=settings.ingest_batch,
+            threads=settings.ingest_threads,
+        )
+        self.adt = AdtApplier(
+            self.archive.sessions,
+            allow_synthetic=settings.allow_synthetic_ids,
+            app=settings.ae_title,
+        )
+        self.hl7: MllpListener | None = None
+        self._stopping = threading.Event()
         self.ctx = mp.get_context("spawn")
         self.notify: Any = self.ctx.Queue()
         self.receivers: list[Any] = []
@@ -62,6 +82,25 @@ class Runtime:
             self.receivers.append(p)
         log.info("spool replay queued %d records; %d receivers up", replayed, len(self.receivers))
 
+    def start_pas(self) -> None:
+        """The HL7 listener, and a loop that asks PAS about patients filed while it was down."""
+        s = self.settings
+        if s.hl7_port:
+            self.hl7 = MllpListener(s.bind_host, s.hl7_port, self.adt.handle)
+            self.hl7.start()
+            log.info("HL7 MLLP listener on %s:%d", s.bind_host, s.hl7_port)
+        if self.pas is not None:
+            threading.Thread(target=self._reverify, name="pas-reverify", daemon=True).start()
+
+    def _reverify(self) -> None:
+        while not self._stopping.wait(self.settings.pas_retry_interval):
+            try:
+                n = self.reconciler.reverify(self.archive.sessions)
+                if n:
+                    log.info("PAS reconciliation settled %d unverified patients", n)
+            except Exception:
+                log.exception("PAS reconciliation round failed")
+
     def status(self) -> dict[str, Any]:
         return {
             "ae_title": self.settings.ae_title,
@@ -77,6 +116,9 @@ class Runtime:
         }
 
     def stop(self) -> None:
+        self._stopping.set()
+        if self.hl7 is not None:
+            self.hl7.stop()
         for p in self.receivers:
             p.terminate()
         for p in self.receivers:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -11,8 +11,10 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from storage import registry
+from storage.demographics import Demographics, Identifier
 from storage.dicomheader import Header
-from storage.models import Conflict, Instance, Patient, Quarantined, Series, Study
+from storage.models import Conflict, Instance, Patient, PatientStatus, Quarantined, Series, Study
 
 
 class Outcome(StrEnum):
@@ -50,27 +52,6 @@ def _insert(session: Session, table: type, values: dict[str, object], keys: list
     dialect = session.get_bind().dialect.name
     ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
     session.execute(ins.values(**values).on_conflict_do_nothing(index_elements=keys))
-
-
-def _patient_id(session: Session, h: Header, cache: dict[tuple[str, str], int]) -> int:
-    ident = (h.patient_id, h.issuer)
-    if ident not in cache:
-        _insert(
-            session,
-            Patient,
-            {
-                "patient_id": h.patient_id,
-                "issuer": h.issuer,
-                "name": h.patient_name,
-                "birth_date": h.birth_date,
-                "sex": h.sex,
-            },
-            ["patient_id", "issuer"],
-        )
-        cache[ident] = session.execute(
-            select(Patient.id).where(Patient.patient_id == h.patient_id, Patient.issuer == h.issuer)
-        ).scalar_one()
-    return cache[ident]
 
 
 def _study_id(session: Session, h: Header, patient_fk: int, cache: dict[str, int]) -> int:
@@ -121,10 +102,23 @@ def _series_id(session: Session, h: Header, study_fk: int, cache: dict[str, int]
     return cache[h.series_uid]
 
 
-def file_instances(session: Session, items: Sequence[Archived]) -> list[Outcome]:
+PatientOf = Callable[[Session, Header], Patient]
+
+
+def header_patient(session: Session, h: Header) -> Patient:
+    """Without reconciliation: the patient as the header has it (tools and tests)."""
+    demo = Demographics((Identifier("", h.patient_id),), h.patient_name, h.birth_date, h.sex)
+    return registry.find(session, demo.identifiers[0]) or registry.create(
+        session, demo, PatientStatus.LOCAL, issuer=h.issuer
+    )
+
+
+def file_instances(
+    session: Session, items: Sequence[Archived], patient_of: PatientOf = header_patient
+) -> list[Outcome]:
     """Index archived objects; the caller commits. Same UID twice: duplicate or conflict."""
     known = existing(session, [a.header.sop_uid for a in items])
-    patients: dict[tuple[str, str], int] = {}
+    patients: dict[tuple[str, str], Patient] = {}
     studies: dict[str, int] = {}
     series: dict[str, int] = {}
     out: list[Outcome] = []
@@ -150,8 +144,11 @@ def file_instances(session: Session, items: Sequence[Archived]) -> list[Outcome]
             )
             out.append(Outcome.CONFLICT)
             continue
-        pfk = _patient_id(session, h, patients)
-        stfk = _study_id(session, h, pfk, studies)
+        ident = (h.patient_id, h.issuer)
+        if ident not in patients:
+            patients[ident] = patient_of(session, h)
+        patient = patients[ident]
+        stfk = _study_id(session, h, patient.id, studies)
         sefk = _series_id(session, h, stfk, series)
         session.add(
             Instance(
@@ -167,6 +164,9 @@ def file_instances(session: Session, items: Sequence[Archived]) -> list[Outcome]
                 received_at=a.received_at,
                 attrs=h.attrs,
                 attrs_ts=h.attrs_ts,
+                header_differences=registry.header_differences(
+                    patient, h.patient_name, h.birth_date, h.sex
+                ),
             )
         )
         known[h.sop_uid] = (a.sha256, a.object_key)

@@ -1,8 +1,9 @@
-"""Index schema: patient → study → series → instance, plus conflicts, quarantine and audit."""
+"""Index schema: patient registry → study → series → instance, conflicts, quarantine, audit."""
 
 from __future__ import annotations
 
 import datetime as dt
+from enum import StrEnum
 
 from sqlalchemy import (
     BigInteger,
@@ -26,7 +27,22 @@ class Base(DeclarativeBase):
     pass
 
 
+class PatientStatus(StrEnum):
+    """Where a patient's demographics come from, and whether clinical queries see it."""
+
+    LOCAL = "local"  # no PAS configured: the first header seen
+    VERIFIED = "verified"  # from PAS (ADT or FHIR)
+    UNVERIFIED = "unverified"  # PAS was unreachable; reconciled when it answers
+    QUARANTINED = "quarantined"  # invalid ID or unknown to PAS: for an admin to resolve
+    MERGED = "merged"  # merged into another patient by PAS
+
+
+VISIBLE = (PatientStatus.LOCAL, PatientStatus.VERIFIED, PatientStatus.UNVERIFIED)
+
+
 class Patient(Base):
+    """`patient_id`/`issuer` is the identifier the archive shows; all are in `identifiers`."""
+
     __tablename__ = "patients"
     __table_args__ = (UniqueConstraint("patient_id", "issuer", name="uq_patient_ident"),)
 
@@ -37,8 +53,31 @@ class Patient(Base):
     birth_date: Mapped[str] = mapped_column(String(8), default="")
     sex: Mapped[str] = mapped_column(String(16), default="")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    status: Mapped[str] = mapped_column(String(16), default=PatientStatus.LOCAL, index=True)
+    status_reason: Mapped[str] = mapped_column(Text, default="")
+    merged_into_fk: Mapped[int | None] = mapped_column(ForeignKey("patients.id"), default=None)
+    pas_updated_at: Mapped[dt.datetime | None] = mapped_column(
+        DateTime(timezone=True), default=None
+    )
 
     studies: Mapped[list[Study]] = relationship(back_populates="patient")
+    identifiers: Mapped[list[PatientIdentifier]] = relationship(
+        back_populates="patient", cascade="all, delete-orphan"
+    )
+
+
+class PatientIdentifier(Base):
+    """One identifier of a patient; `system` is a FHIR system URI, empty if the sender gave none."""
+
+    __tablename__ = "patient_identifiers"
+    __table_args__ = (UniqueConstraint("system", "value", name="uq_identifier"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_fk: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    system: Mapped[str] = mapped_column(String(128), default="")
+    value: Mapped[str] = mapped_column(String(64), index=True)
+
+    patient: Mapped[Patient] = relationship(back_populates="identifiers")
 
 
 class Study(Base):
@@ -94,6 +133,8 @@ class Instance(Base):
     received_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     attrs: Mapped[bytes] = mapped_column(LargeBinary)
     attrs_ts: Mapped[str] = mapped_column(String(64))
+    # JSON of the patient attributes the sender had that differ from PAS, for audit
+    header_differences: Mapped[str] = mapped_column(Text, default="")
 
     series: Mapped[Series] = relationship(back_populates="instances")
 
@@ -144,4 +185,20 @@ class AuditEvent(Base):
     patient_id: Mapped[str] = mapped_column(String(64), default="")
     study_uid: Mapped[str] = mapped_column(String(64), default="")
     outcome: Mapped[str] = mapped_column(String(16), default="success")
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class Hl7Message(Base):
+    """Every HL7 message received, persisted before it is acknowledged."""
+
+    __tablename__ = "hl7_messages"
+    __table_args__ = (UniqueConstraint("sender", "control_id", name="uq_hl7_control"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    received_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    sender: Mapped[str] = mapped_column(String(200), default="")
+    control_id: Mapped[str] = mapped_column(String(64), default="")
+    trigger: Mapped[str] = mapped_column(String(16), default="")
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    outcome: Mapped[str] = mapped_column(String(8))  # the MSA-1 code we answered
     detail: Mapped[str] = mapped_column(Text, default="")

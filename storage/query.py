@@ -21,7 +21,7 @@ from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from storage.dicomheader import decode_attrs, normalise_time
-from storage.models import Instance, Patient, Series, Study
+from storage.models import VISIBLE, Instance, Patient, Series, Study
 
 
 class Level(StrEnum):
@@ -281,6 +281,7 @@ class Hit:
 
 
 def _base_select(level: Level) -> Select[*tuple[Any, ...]]:
+    """Quarantined and merged-away patients are invisible to every clinical query."""
     sel: Select[*tuple[Any, ...]]
     if level is Level.PATIENT:
         sel = select(Patient)
@@ -295,7 +296,7 @@ def _base_select(level: Level) -> Select[*tuple[Any, ...]]:
             .join(Study.series)
             .join(Series.instances)
         )
-    return sel
+    return sel.where(Patient.status.in_(VISIBLE))
 
 
 class Matcher:

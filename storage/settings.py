@@ -75,6 +75,16 @@ class Settings(BaseSettings):
     spool_segment_mb: int = 64
     network_timeout: float = 60.0
     log_level: str = "INFO"
+    hl7_port: int = Field(default=2575, description="MLLP port for HL7 v2 ADT/orders; 0 = off")
+    pas_fhir_url: str = Field(default="", description="PAS FHIR R4 base URL; empty = no PAS")
+    pas_token: str = Field(default="", description="Bearer token for the PAS FHIR API")
+    pas_timeout: float = Field(default=2.0, description="Seconds before a PAS lookup gives up")
+    pas_retry_interval: float = Field(
+        default=10.0, description="Seconds between reconciliation rounds for unverified patients"
+    )
+    allow_synthetic_ids: bool = Field(
+        default=True, description="Accept synthetic national IDs (month + 80); off in production"
+    )
 
     @classmethod
     def settings_customise_sources(

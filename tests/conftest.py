@@ -49,11 +49,13 @@ class Broker:
         self.data_dir = data_dir
         self.dicom_port = free_port()
         self.http_port = free_port()
+        self.hl7_port = free_port()
         self.env = {
             **os.environ,
             "PACSBROKER_DATA_DIR": str(data_dir),
             "PACSBROKER_DICOM_PORT": str(self.dicom_port),
             "PACSBROKER_HTTP_PORT": str(self.http_port),
+            "PACSBROKER_HL7_PORT": str(self.hl7_port),
             "PACSBROKER_BIND_HOST": "127.0.0.1",
             "TCP_NODELAY": "1",
             **env,

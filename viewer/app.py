@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from storage.archive import Archive
 from storage.stats import archive_counts
+from viewer.admin import router as admin_router
 from viewer.auth import Caller, caller, signing_key
 
 
@@ -31,4 +32,5 @@ def create_app(archive: Archive, runtime_status: Callable[[], dict[str, Any]]) -
             counts = archive_counts(session)
         return {"archive": counts, **runtime_status()}
 
+    app.include_router(admin_router(archive))
     return app

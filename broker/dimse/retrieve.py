@@ -22,6 +22,8 @@ from storage import audit
 from storage.archive import Archive
 from storage.models import Instance
 from storage.objects import ObjectNotFound, ObjectStoreError
+from storage.patientmodule import PatientModule
+from storage.patientmodule import apply as apply_patient
 from storage.query import Level, Matcher, keys_of
 
 log = logging.getLogger("pacsbroker.retrieve")
@@ -43,17 +45,18 @@ class RetrieveHandler:
         event: Event,
         calling: str,
         address: str,
-    ) -> tuple[list[Instance], str | None]:
+    ) -> tuple[list[Instance], dict[int, PatientModule], str | None]:
         identifier = event.identifier
         models = MOVE_MODELS if self.move else GET_MODELS
         level = query_level(identifier, models[str(event.context.abstract_syntax)])
         keys = [k for k in keys_of(identifier) if k.value]
         if not keys:
-            return [], "a retrieve needs at least one unique key"
+            return [], {}, "a retrieve needs at least one unique key"
         matcher = Matcher(level, keys, pn_case_insensitive=False)
         with self.archive.sessions() as session:
             hits = list(matcher.hits(session))
             instances = _instances_of(session, level, hits)
+            patients = _patient_modules(session, instances)
             audit.record(
                 session,
                 actor=calling,
@@ -67,7 +70,7 @@ class RetrieveHandler:
                 ],
             )
             session.commit()
-        return instances, None
+        return instances, patients, None
 
     def __call__(self, event: Event) -> Iterator[Any]:
         assoc = event.assoc
@@ -85,12 +88,13 @@ class RetrieveHandler:
                 return
         failure: Dataset | None = None
         instances: list[Instance] = []
+        patients: dict[int, PatientModule] = {}
         decision = self.policy.decide(calling, address, Action.RETRIEVE)
         if not decision.allowed:
             failure = status(NOT_AUTHORISED, decision.reason)
         else:
             try:
-                instances, problem = self._instances(event, calling, address)
+                instances, patients, problem = self._instances(event, calling, address)
                 if problem:
                     failure = status(IDENTIFIER_MISMATCH, problem)
             except Exception as e:
@@ -124,8 +128,10 @@ class RetrieveHandler:
             ds = self._load(inst)
             if ds is None:
                 yield 0xFF00, _placeholder(inst)
-            else:
-                yield 0xFF00, fit_to_peer(ds, sub_assoc[0].accepted_contexts if sub_assoc else [])
+                continue
+            # PAS may have renamed or merged the patient since the object was stored
+            apply_patient(ds, patients[inst.id])
+            yield 0xFF00, fit_to_peer(ds, sub_assoc[0].accepted_contexts if sub_assoc else [])
 
     def _load(self, inst: Instance) -> Dataset | None:
         try:
@@ -141,6 +147,33 @@ def _placeholder(inst: Instance) -> Dataset:
     ds = Dataset()
     ds.SOPInstanceUID = inst.sop_uid
     return ds
+
+
+def _patient_modules(session: Any, instances: list[Instance]) -> dict[int, PatientModule]:
+    from sqlalchemy import select
+
+    from storage.models import Patient, Series, Study
+
+    out: dict[int, PatientModule] = {}
+    ids = [i.id for i in instances]
+    for start in range(0, len(ids), 500):
+        rows = session.execute(
+            select(
+                Instance.id,
+                Patient.patient_id,
+                Patient.issuer,
+                Patient.name,
+                Patient.birth_date,
+                Patient.sex,
+            )
+            .join(Instance.series)
+            .join(Series.study)
+            .join(Study.patient)
+            .where(Instance.id.in_(ids[start : start + 500]))
+        )
+        for iid, *values in rows:
+            out[iid] = PatientModule(*values)
+    return out
 
 
 def _instances_of(session: Any, level: Level, hits: list[Any]) -> list[Instance]:

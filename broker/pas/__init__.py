@@ -1,0 +1,1 @@
+"""PAS integration: HL7 v2 ADT over MLLP, FHIR Patient lookup, reconciliation."""

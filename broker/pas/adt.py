@@ -1,0 +1,128 @@
+"""Apply HL7 ADT messages to the registry: persisted, applied and acknowledged in one step."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from broker.pas.hl7v2 import AdtMessage, Hl7Error, ack, parse_adt
+from storage import audit, registry
+from storage.models import Hl7Message, Patient
+
+log = logging.getLogger("pacsbroker.hl7")
+
+UPDATES = {"A01", "A04", "A08", "A28", "A31"}
+MERGES = {"A40", "A34"}
+
+
+class AdtApplier:
+    """One message at a time: the message row and its registry changes commit together,
+    before the ACK goes out; a replayed control ID is acknowledged without re-applying."""
+
+    def __init__(self, sessions: sessionmaker[Session], *, allow_synthetic: bool, app: str):
+        self.sessions = sessions
+        self.allow_synthetic = allow_synthetic
+        self.app = app
+
+    def handle(self, raw: bytes, peer: str = "") -> bytes:
+        try:
+            msg = parse_adt(raw, allow_synthetic=self.allow_synthetic)
+        except Hl7Error as e:
+            log.warning("HL7 from %s refused (%s): %s", peer, e.code, e.reason)
+            self._log_refusal(raw, e, peer)
+            return ack(e, e.code, e.reason, app=self.app)
+        try:
+            with self.sessions() as session, session.begin():
+                if self._seen(session, msg):
+                    return ack(msg, "AA", "duplicate: already applied", app=self.app)
+                detail = self._apply(session, msg, peer)
+                session.add(
+                    Hl7Message(
+                        sender=msg.sender[:200],
+                        control_id=msg.control_id[:64],
+                        trigger=msg.trigger,
+                        raw=raw,
+                        outcome="AA",
+                        detail=detail,
+                    )
+                )
+        except registry.RegistryError as e:
+            self._log_refusal(raw, Hl7Error("AE", str(e)), peer, msg)
+            return ack(msg, "AE", str(e), app=self.app)
+        except IntegrityError:
+            # a concurrent connection applied the same control ID first
+            return ack(msg, "AA", "duplicate: already applied", app=self.app)
+        log.info("ADT^%s %s from %s: %s", msg.trigger, msg.control_id, msg.sender, detail)
+        return ack(msg, "AA", app=self.app)
+
+    @staticmethod
+    def _seen(session: Session, msg: AdtMessage) -> bool:
+        return (
+            session.scalar(
+                select(Hl7Message.id).where(
+                    Hl7Message.sender == msg.sender[:200],
+                    Hl7Message.control_id == msg.control_id[:64],
+                    Hl7Message.outcome == "AA",
+                )
+            )
+            is not None
+        )
+
+    def _apply(self, session: Session, msg: AdtMessage, peer: str) -> str:
+        if msg.trigger in UPDATES:
+            patient = registry.apply_pas(session, msg.patient)
+            detail = f"patient {patient.patient_id} updated"
+            self._audit(session, msg, peer, "pas-update", [patient], detail)
+            return detail
+        if msg.trigger in MERGES:
+            target, merged = registry.merge(session, msg.patient, msg.prior)
+            old = ", ".join(p.patient_id for p in merged) or "nothing to move"
+            detail = f"merged {old} into {target.patient_id}"
+            self._audit(session, msg, peer, "pas-merge", [*merged, target], detail)
+            return detail
+        patient = registry.change_identifier(session, msg.patient, msg.prior)
+        detail = f"identifier {', '.join(i.value for i in msg.prior)} → {patient.patient_id}"
+        self._audit(session, msg, peer, "pas-change-id", [patient], detail)
+        return detail
+
+    @staticmethod
+    def _audit(
+        session: Session,
+        msg: AdtMessage,
+        peer: str,
+        action: str,
+        patients: list[Patient],
+        detail: str,
+    ) -> None:
+        audit.record(
+            session,
+            actor=msg.sender,
+            role="pas",
+            source=peer,
+            action=action,
+            patients=[(p.patient_id, "") for p in patients],
+            detail=f"ADT^{msg.trigger} {msg.control_id}: {detail}",
+        )
+
+    def _log_refusal(
+        self, raw: bytes, err: Hl7Error, peer: str, msg: AdtMessage | None = None
+    ) -> None:
+        """Refused messages are kept too, so an integration engineer can see what came in."""
+        try:
+            with self.sessions() as session, session.begin():
+                session.add(
+                    Hl7Message(
+                        sender=(msg.sender if msg else peer)[:200],
+                        control_id=f"refused:{uuid.uuid4().hex}",
+                        trigger=msg.trigger if msg else "",
+                        raw=raw,
+                        outcome=err.code,
+                        detail=f"{msg.control_id if msg else '?'}: {err.reason}",
+                    )
+                )
+        except Exception:
+            log.exception("could not record a refused HL7 message")

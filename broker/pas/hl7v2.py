@@ -1,0 +1,272 @@
+"""HL7 v2 ADT messages (parsed with python-hl7) into registry demographics, and their ACKs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import uuid
+from dataclasses import dataclass, field
+
+import hl7
+
+from storage import nationalid
+from storage.demographics import (
+    NATIONAL_SYSTEMS,
+    OID_PREFIX,
+    Demographics,
+    Identifier,
+    national_system,
+)
+
+SUPPORTED = {"A01", "A04", "A08", "A28", "A31", "A34", "A40", "A47"}
+NEEDS_MRG = {"A34", "A40", "A47"}
+_NATIONAL_TYPES = {"FNR", "DNR", "HNR", "NNNOR"}
+_CHARSETS = {
+    "8859/1": "latin-1",
+    "ISO IR100": "latin-1",
+    "ISO-8859-1": "latin-1",
+    "UNICODE UTF-8": "utf-8",
+    "UTF-8": "utf-8",
+    "ASCII": "ascii",
+}
+_SEX = {"M": "M", "F": "F", "O": "O", "U": "", "A": "O", "N": "", "": ""}
+# HL7 v2.5 table 0357 codes used in ERR-3
+_ERR_CODE = {"AR": ("200", "Unsupported message type"), "AE": ("207", "Application error")}
+
+
+@dataclass
+class Header:
+    """The MSH fields an ACK needs; filled as far as a broken message allows."""
+
+    sending_app: str = ""
+    sending_facility: str = ""
+    receiving_app: str = ""
+    receiving_facility: str = ""
+    control_id: str = ""
+    trigger: str = ""
+    version: str = "2.5"
+    processing_id: str = "P"
+    charset_field: str = ""
+    codec: str = "utf-8"
+
+
+class Hl7Error(Exception):
+    """A message we refuse: `code` is the MSA-1 answer (AE or AR), `reason` says why."""
+
+    def __init__(self, code: str, reason: str, header: Header | None = None) -> None:
+        super().__init__(reason)
+        self.code, self.reason = code, reason
+        self.header = header or Header()
+
+
+@dataclass(frozen=True)
+class AdtMessage:
+    trigger: str
+    control_id: str
+    sender: str
+    patient: Demographics
+    prior: tuple[Identifier, ...] = ()
+    header: Header = field(default_factory=Header)
+
+
+def _codec(raw: bytes) -> tuple[str, str]:
+    """(MSH-18 as sent, Python codec); MSH is ASCII, so it is read before decoding."""
+    first = raw.split(b"\r", 1)[0].split(b"\n", 1)[0]
+    if len(first) < 4 or not first.startswith(b"MSH"):
+        return "", "utf-8"
+    sep = first[3:4]
+    fields = first.split(sep)
+    value = fields[17].decode("ascii", "replace").strip() if len(fields) > 17 else ""
+    rep = fields[1][1:2] if len(fields) > 1 and len(fields[1]) > 1 else b"~"
+    value = value.split(rep.decode("ascii", "replace"))[0]
+    if value and value.upper() not in _CHARSETS:
+        raise Hl7Error("AR", f"MSH-18: character set {value!r} is not supported")
+    return value, _CHARSETS.get(value.upper(), "")
+
+
+def _decode(raw: bytes, codec: str) -> tuple[str, str]:
+    if codec:
+        try:
+            return raw.decode(codec), codec
+        except UnicodeDecodeError as e:
+            raise Hl7Error("AE", f"message is not valid {codec} as MSH-18 declares: {e}") from None
+    try:
+        return raw.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return raw.decode("latin-1"), "latin-1"
+
+
+def _get(msg: hl7.Message, seg: str, fld: int, rep: int = 1, comp: int = 1, sub: int = 1) -> str:
+    try:
+        return str(msg.extract_field(seg, 1, fld, rep, comp, sub) or "").strip()
+    except (KeyError, IndexError, AttributeError, TypeError, hl7.exceptions.HL7Exception):
+        return ""
+
+
+def _identifiers(
+    msg: hl7.Message, seg: str, fld: int, where: str, allow_synthetic: bool
+) -> tuple[Identifier, ...]:
+    try:
+        reps = len(msg.segment(seg)[fld])
+    except (KeyError, IndexError):
+        return ()
+    out = []
+    for r in range(1, reps + 1):
+        value = _get(msg, seg, fld, r, 1)
+        if not value:
+            continue
+        oid = _get(msg, seg, fld, r, 4, 2)
+        kind = _get(msg, seg, fld, r, 4, 3)
+        namespace = _get(msg, seg, fld, r, 4, 1)
+        id_type = _get(msg, seg, fld, r, 5).upper()
+        if oid and kind.upper() == "ISO":
+            system = OID_PREFIX + oid
+        elif namespace:
+            system = "urn:ns:" + namespace  # a local namespace without an OID
+        else:
+            system = national_system(value, allow_synthetic=allow_synthetic) or ""
+        if system in NATIONAL_SYSTEMS.values() or id_type in _NATIONAL_TYPES:
+            try:
+                national = nationalid.parse(value, allow_synthetic=allow_synthetic)
+            except nationalid.InvalidNationalId as e:
+                raise Hl7Error("AE", f"{where}: {value} is not a valid national ID: {e}") from None
+            if system.startswith("urn:ns:") or not system:
+                system = NATIONAL_SYSTEMS[national.kind]
+        out.append(Identifier(system, value))
+    return tuple(out)
+
+
+def _date(value: str, where: str) -> str:
+    if not value:
+        return ""
+    day = value[:8]
+    try:
+        dt.datetime.strptime(day, "%Y%m%d")
+    except ValueError:
+        raise Hl7Error("AE", f"{where}: {value!r} is not a date (YYYYMMDD)") from None
+    return day
+
+
+def _header(msg: hl7.Message, charset_field: str, codec: str) -> Header:
+    mtype = _get(msg, "MSH", 9, 1, 1)
+    trigger = _get(msg, "MSH", 9, 1, 2)
+    h = Header(
+        sending_app=_get(msg, "MSH", 3),
+        sending_facility=_get(msg, "MSH", 4),
+        receiving_app=_get(msg, "MSH", 5),
+        receiving_facility=_get(msg, "MSH", 6),
+        control_id=_get(msg, "MSH", 10),
+        trigger=trigger,
+        version=_get(msg, "MSH", 12) or "2.5",
+        processing_id=_get(msg, "MSH", 11) or "P",
+        charset_field=charset_field,
+        codec=codec,
+    )
+    if mtype != "ADT":
+        raise Hl7Error("AR", f"MSH-9: message type {mtype or '(none)'} is not accepted here", h)
+    if trigger not in SUPPORTED:
+        raise Hl7Error("AR", f"MSH-9: trigger event {trigger or '(none)'} is not supported", h)
+    if not h.control_id:
+        raise Hl7Error("AR", "MSH-10: message control ID is missing", h)
+    return h
+
+
+def parse_adt(raw: bytes, *, allow_synthetic: bool) -> AdtMessage:
+    """Parse one ADT message (no MLLP framing); every problem is an Hl7Error."""
+    charset_field, codec = _codec(raw)
+    text, codec = _decode(raw, codec)
+    text = re.sub(r"\r\n|\n", "\r", text).strip("\r\x00 ")
+    if not text.startswith("MSH") or len(text) < 8:
+        raise Hl7Error("AR", "not an HL7 v2 message: it must start with an MSH segment")
+    try:
+        msg = hl7.parse(text)
+    except Exception as e:
+        raise Hl7Error("AR", f"unparsable HL7: {e}") from None
+    h = _header(msg, charset_field, codec)
+    try:
+        return _content(msg, h, allow_synthetic)
+    except Hl7Error as e:
+        e.header = h
+        raise
+
+
+def _content(msg: hl7.Message, h: Header, allow_synthetic: bool) -> AdtMessage:
+    try:
+        msg.segment("PID")
+    except KeyError:
+        raise Hl7Error("AE", "PID segment is missing") from None
+    idents = _identifiers(msg, "PID", 3, "PID-3", allow_synthetic)
+    if not idents:
+        raise Hl7Error("AE", "PID-3: no patient identifier")
+    parts = [_get(msg, "PID", 5, 1, c) for c in (1, 2, 3)]
+    while parts and not parts[-1]:
+        parts.pop()
+    sex = _get(msg, "PID", 8).upper()
+    if sex not in _SEX:
+        raise Hl7Error("AE", f"PID-8: administrative sex {sex!r} is not in HL7 table 0001")
+    patient = Demographics(
+        identifiers=idents,
+        name="^".join(parts),
+        birth_date=_date(_get(msg, "PID", 7), "PID-7"),
+        sex=_SEX[sex],
+    )
+    prior: tuple[Identifier, ...] = ()
+    if h.trigger in NEEDS_MRG:
+        try:
+            msg.segment("MRG")
+        except KeyError:
+            raise Hl7Error("AE", f"ADT^{h.trigger} needs an MRG segment") from None
+        prior = _identifiers(msg, "MRG", 1, "MRG-1", allow_synthetic)
+        if not prior:
+            raise Hl7Error("AE", "MRG-1: no prior patient identifier")
+    return AdtMessage(
+        trigger=h.trigger,
+        control_id=h.control_id,
+        sender=f"{h.sending_app}|{h.sending_facility}",
+        patient=patient,
+        prior=prior,
+        header=h,
+    )
+
+
+def _esc(text: str) -> str:
+    """HL7 escaping of delimiters inside free text."""
+    return (
+        text.replace("\\", "\\E\\")
+        .replace("|", "\\F\\")
+        .replace("^", "\\S\\")
+        .replace("&", "\\T\\")
+        .replace("~", "\\R\\")
+        .replace("\r", " ")
+    )
+
+
+def ack(
+    source: AdtMessage | Hl7Error, code: str, text: str = "", *, app: str = "PACSBROKER"
+) -> bytes:
+    """An ACK for a message or a refusal, in the request's character set."""
+    h = source.header
+    now = dt.datetime.now().strftime("%Y%m%d%H%M%S")
+    msh = [
+        "MSH",
+        "^~\\&",
+        app,
+        h.receiving_facility,
+        h.sending_app,
+        h.sending_facility,
+        now,
+        "",
+        f"ACK^{h.trigger}^ACK" if h.trigger else "ACK",
+        uuid.uuid4().hex[:20],
+        h.processing_id,
+        h.version,
+    ]
+    if h.charset_field:
+        msh += ["", "", "", "", "", h.charset_field]
+    segments = ["|".join(msh), "|".join(["MSA", code, h.control_id, _esc(text)[:80]])]
+    if code != "AA":
+        err, label = _ERR_CODE.get(code, _ERR_CODE["AE"])
+        segments.append(
+            "|".join(["ERR", "", "", f"{err}^{label}^HL70357", "E", "", "", "", _esc(text)])
+        )
+    return "\r".join(segments).encode(h.codec or "utf-8", "replace") + b"\r"

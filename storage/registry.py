@@ -1,0 +1,209 @@
+"""The patient registry: PAS demographics, identifiers, merges and identifier changes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from storage.demographics import Demographics, Identifier
+from storage.models import (
+    Instance,
+    Patient,
+    PatientIdentifier,
+    PatientStatus,
+    Series,
+    Study,
+    utcnow,
+)
+
+
+class RegistryError(ValueError):
+    """A PAS change that cannot be applied; the message says why."""
+
+
+def primary(identifiers: Sequence[Identifier]) -> Identifier:
+    """The identifier the archive shows as Patient ID: a national ID if there is one."""
+    return next((i for i in identifiers if i.national), identifiers[0])
+
+
+def survivor(session: Session, patient: Patient) -> Patient:
+    """Follow merge links to the patient that PAS kept."""
+    seen = {patient.id}
+    while patient.merged_into_fk is not None:
+        nxt = session.get(Patient, patient.merged_into_fk)
+        if nxt is None or nxt.id in seen:
+            break
+        seen.add(nxt.id)
+        patient = nxt
+    return patient
+
+
+def find(session: Session, ident: Identifier) -> Patient | None:
+    """The patient holding `ident`; without a system, any system's identifier of that value
+    (a national ID first), since modalities rarely send an issuer."""
+    stmt = select(PatientIdentifier).where(PatientIdentifier.value == ident.value)
+    rows = list(session.scalars(stmt))
+    exact = [r for r in rows if r.system == ident.system]
+    if ident.system and not exact:
+        exact = [r for r in rows if not r.system]
+    pick = exact or ([] if ident.system else rows)
+    if not pick:
+        return None
+    pick.sort(key=lambda r: not Identifier(r.system, r.value).national)
+    return survivor(session, pick[0].patient)
+
+
+def find_any(session: Session, identifiers: Iterable[Identifier]) -> Patient | None:
+    for ident in identifiers:
+        p = find(session, ident)
+        if p is not None:
+            return p
+    return None
+
+
+def add_identifiers(session: Session, patient: Patient, identifiers: Iterable[Identifier]) -> None:
+    for ident in identifiers:
+        row = session.scalars(
+            select(PatientIdentifier).where(
+                PatientIdentifier.value == ident.value, PatientIdentifier.system == ident.system
+            )
+        ).first()
+        if row is None:
+            session.add(PatientIdentifier(patient=patient, system=ident.system, value=ident.value))
+        elif row.patient_fk != patient.id:
+            row.patient = patient
+
+
+def _shown_id(session: Session, patient: Patient | None, ident: Identifier) -> tuple[str, str]:
+    """(patient_id, issuer) for display; the issuer separates equal values from two systems."""
+    taken = session.scalars(
+        select(Patient).where(Patient.patient_id == ident.value, Patient.issuer == "")
+    ).first()
+    if taken is None or taken is patient:
+        return ident.value, ""
+    return ident.value, ident.system.removeprefix("urn:oid:")[:64]
+
+
+def create(
+    session: Session,
+    demo: Demographics,
+    status: PatientStatus,
+    reason: str = "",
+    issuer: str = "",
+) -> Patient:
+    ident = primary(demo.identifiers)
+    pid, shown_issuer = (ident.value, issuer) if issuer else _shown_id(session, None, ident)
+    patient = Patient(
+        patient_id=pid,
+        issuer=shown_issuer,
+        name=demo.name,
+        birth_date=demo.birth_date,
+        sex=demo.sex,
+        status=status,
+        status_reason=reason,
+        pas_updated_at=utcnow() if status is PatientStatus.VERIFIED else None,
+    )
+    session.add(patient)
+    add_identifiers(session, patient, demo.identifiers)
+    session.flush()
+    return patient
+
+
+def apply_pas(session: Session, demo: Demographics) -> Patient:
+    """Create or update the patient PAS describes; it becomes verified and visible."""
+    patient = find_any(session, demo.identifiers)
+    if patient is None:
+        return create(session, demo, PatientStatus.VERIFIED)
+    patient.name, patient.birth_date, patient.sex = demo.name, demo.birth_date, demo.sex
+    patient.status, patient.status_reason = PatientStatus.VERIFIED, ""
+    patient.pas_updated_at = utcnow()
+    add_identifiers(session, patient, demo.identifiers)
+    ident = primary(demo.identifiers)
+    if ident.national and patient.patient_id != ident.value:
+        patient.patient_id, patient.issuer = _shown_id(session, patient, ident)
+    session.flush()
+    return patient
+
+
+def merge(
+    session: Session, demo: Demographics, prior: Sequence[Identifier]
+) -> tuple[Patient, list[Patient]]:
+    """A40/A34: move every study of the patients holding `prior` to the survivor in `demo`."""
+    target = apply_pas(session, demo)
+    merged: list[Patient] = []
+    for ident in prior:
+        old = find(session, ident)
+        if old is None or old.id == target.id:
+            continue
+        absorb(session, old, target, f"merged into {target.patient_id} by PAS")
+        merged.append(old)
+    return target, merged
+
+
+def absorb(session: Session, old: Patient, target: Patient, reason: str) -> None:
+    """`old` becomes an alias of `target`: its studies and identifiers move over."""
+    move_studies(session, old, target)
+    for row in list(old.identifiers):
+        row.patient = target
+    old.status, old.merged_into_fk, old.status_reason = PatientStatus.MERGED, target.id, reason
+    session.flush()
+
+
+def change_identifier(session: Session, demo: Demographics, prior: Sequence[Identifier]) -> Patient:
+    """A47: the identifiers in `prior` are replaced by those in `demo`."""
+    patient = find_any(session, prior)
+    if patient is None:
+        raise RegistryError(
+            "MRG-1: no patient holds " + ", ".join(i.value for i in prior) + " in the archive"
+        )
+    holder = find_any(session, demo.identifiers)
+    if holder is not None and holder.id != patient.id:
+        raise RegistryError(f"PID-3: {holder.patient_id} already belongs to another patient")
+    for ident in prior:
+        for row in list(patient.identifiers):
+            if row.value == ident.value and row.system in (ident.system, ""):
+                session.delete(row)
+    session.flush()
+    add_identifiers(session, patient, demo.identifiers)
+    session.flush()
+    return apply_pas(session, demo)
+
+
+def move_studies(session: Session, source: Patient, target: Patient) -> None:
+    session.execute(update(Study).where(Study.patient_fk == source.id).values(patient_fk=target.id))
+    session.expire(source, ["studies"])
+    session.expire(target, ["studies"])
+
+
+def header_differences(patient: Patient, name: str, birth_date: str, sex: str) -> str:
+    """JSON of what the sender's header said where it differs from PAS; empty if nothing."""
+    if patient.status != PatientStatus.VERIFIED:
+        return ""
+    got = {"PatientName": name, "PatientBirthDate": birth_date, "PatientSex": sex}
+    want = {
+        "PatientName": patient.name,
+        "PatientBirthDate": patient.birth_date,
+        "PatientSex": patient.sex,
+    }
+    diff = {k: v for k, v in got.items() if v and v != want[k]}
+    return json.dumps(diff, ensure_ascii=False) if diff else ""
+
+
+def study_instances(session: Session, study: Study) -> list[Instance]:
+    return list(
+        session.scalars(select(Instance).join(Instance.series).where(Series.study_fk == study.id))
+    )
+
+
+def stale_unverified(session: Session, limit: int) -> list[Patient]:
+    return list(
+        session.scalars(
+            select(Patient)
+            .where(Patient.status == PatientStatus.UNVERIFIED)
+            .order_by(Patient.id)
+            .limit(limit)
+        )
+    )
