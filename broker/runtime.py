@@ -48,6 +48,7 @@ class Runtime:
         )
         self.hl7: MllpListener | None = None
         self._stopping = threading.Event()
+        self._forwarder: threading.Thread | None = None
         self.ctx = mp.get_context("spawn")
         self.notify: Any = self.ctx.Queue()
         self.receivers: list[Any] = []
@@ -65,7 +66,8 @@ class Runtime:
 
     def start_dicom(self) -> None:
         replayed = self.ingest.replay(self.settings.spool_dir)
-        threading.Thread(target=self._forward, name="spool-notify", daemon=True).start()
+        self._forwarder = threading.Thread(target=self._forward, name="spool-notify", daemon=True)
+        self._forwarder.start()
         threading.Thread(target=self.ingest.run, name="ingest", daemon=True).start()
         payload = self.settings.model_dump_json()
         for i in range(self.settings.receiver_count()):
@@ -128,6 +130,8 @@ class Runtime:
             time.sleep(0.1)
         self.ingest.stop()
         self.notify.put(None)
+        if self._forwarder is not None:
+            self._forwarder.join(5)
 
     def serve_http(self) -> None:
         app = create_app(self.archive, self.status)

@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import socket
+import socketserver
 import threading
 import time
 from multiprocessing.synchronize import Event as MpEvent
@@ -116,8 +117,11 @@ def receiver_main(settings_json: str, index: int, notify: Any, ready: MpEvent) -
     )
 
     def stop(_sig: int, _frame: Any) -> None:
-        # shutdown() waits for serve_forever(), which this (main) thread is running.
-        threading.Thread(target=server.shutdown, daemon=True).start()
+        # shutdown() waits for serve_forever(), which this (main) thread is running; only the
+        # loop is stopped here (pynetdicom's own shutdown() also closes, done in `finally`).
+        threading.Thread(
+            target=socketserver.BaseServer.shutdown, args=(server,), daemon=True
+        ).start()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -73,7 +73,7 @@ def _codec(raw: bytes) -> tuple[str, str]:
     """(MSH-18 as sent, Python codec); MSH is ASCII, so it is read before decoding."""
     first = raw.split(b"\r", 1)[0].split(b"\n", 1)[0]
     if len(first) < 4 or not first.startswith(b"MSH"):
-        return "", "utf-8"
+        return "", ""
     sep = first[3:4]
     fields = first.split(sep)
     value = fields[17].decode("ascii", "replace").strip() if len(fields) > 17 else ""

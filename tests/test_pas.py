@@ -1,0 +1,224 @@
+"""PAS is the master for demographics: reconciliation, ADT over MLLP, quarantine, PAS outage."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from pydicom import dcmread
+from sqlalchemy import select
+
+from storage.archive import Archive
+from storage.dicomheader import dataset_offset
+from storage.models import Instance, Patient, PatientStatus
+from tests.conftest import ROOT, SAMPLES, Broker, free_port
+from tests.dcmtk import findscu, movescu, storescu
+from tests.test_dimse import storescp, wait_instances
+from tools.pas_sim import adt_message, sample_patients
+
+PATIENTS = sample_patients()
+KARI, OLA = (p["identifiers"][0]["value"] for p in (PATIENTS["p1"], PATIENTS["p2"]))
+
+
+@pytest.fixture
+def pas(tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tools.pas_sim", "serve", "--port", str(port), "--seed-samples"],
+        cwd=ROOT,
+        stdout=open(tmp_path / "pas.log", "ab"),
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).is_success:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def broker(broker_factory, pas: str) -> Broker:
+    dest = free_port()
+    peers = [{"ae": ae} for ae in ("STORESCU", "FINDSCU", "MOVESCU")]
+    peers.append({"ae": "STORESCP", "host": "127.0.0.1", "port": dest})
+    b = broker_factory(
+        {
+            "PACSBROKER_PEERS": json.dumps(peers),
+            "PACSBROKER_PAS_FHIR_URL": f"{pas}/fhir",
+            "PACSBROKER_PAS_RETRY_INTERVAL": "1",
+        }
+    )
+    b.dest_port = dest  # type: ignore[attr-defined]
+    return b.start()
+
+
+def edited(src: Path, out: Path, **values: str) -> Path:
+    """A copy of a sample with patient attributes as a careless modality would type them."""
+    ds = dcmread(src)
+    for k, v in values.items():
+        setattr(ds, k, v)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(out)
+    return out
+
+
+def study_names(b: Broker, patient_id: str) -> list[str]:
+    found = findscu(
+        b.dicom_port,
+        {"QueryRetrieveLevel": "STUDY", "PatientID": patient_id, "PatientName": ""},
+    )
+    return [str(s.PatientName) for s in found]
+
+
+def mllp_send(b: Broker, tmp: Path, message: bytes) -> str:
+    path = tmp / "msg.hl7"
+    path.write_bytes(b"\x0b" + message + b"\x1c\x0d")  # mllp_send reads framed files
+    exe = ROOT / ".venv" / "bin" / "mllp_send"
+    r = subprocess.run(
+        [str(exe), "-p", str(b.hl7_port), "-f", str(path), "127.0.0.1"],
+        capture_output=True,
+        timeout=30,
+    )
+    assert r.returncode == 0, r.stderr
+    return r.stdout.decode("utf-8", "replace")
+
+
+def msa(ack: str) -> list[str]:
+    line = next(s for s in ack.replace("\n", "\r").split("\r") if s.startswith("MSA"))
+    return line.split("|")
+
+
+def test_misspelled_name_is_indexed_and_sent_with_the_pas_name(broker: Broker, tmp_path: Path):
+    src = sorted((SAMPLES / "kari-ct").glob("ct-s1-*.dcm"))
+    files = [edited(p, tmp_path / "in" / p.name, PatientName="Nordman^Kary") for p in src]
+    assert storescu(broker.dicom_port, files).returncode == 0
+    wait_instances(broker, 2)
+    assert study_names(broker, KARI) == ["Nordmann^Kari"]
+
+    scp = storescp(broker.dest_port, tmp_path / "moved")  # type: ignore[attr-defined]
+    try:
+        uid = dcmread(files[0]).StudyInstanceUID
+        assert movescu(broker.dicom_port, "STORESCP", uid).returncode == 0
+    finally:
+        scp.terminate()
+        scp.wait()
+    moved = list((tmp_path / "moved").iterdir())
+    assert len(moved) == 2
+    assert all(str(dcmread(p).PatientName) == "Nordmann^Kari" for p in moved)
+
+    archive = Archive(broker.settings())
+    try:
+        with archive.sessions() as s:
+            rows = list(s.scalars(select(Instance)))
+        sent = {str(dcmread(p).SOPInstanceUID): p.read_bytes() for p in files}
+        for inst in rows:
+            stored, original = archive.store.get(inst.object_key), sent[inst.sop_uid]
+            # the data set as sent, untouched (the file meta is the archive's own)
+            assert stored[dataset_offset(stored) :] == original[dataset_offset(original) :]
+            assert json.loads(inst.header_differences) == {"PatientName": "Nordman^Kary"}
+    finally:
+        archive.close()
+
+
+def test_adt_update_merge_and_refusal(broker: Broker, tmp_path: Path) -> None:
+    storescu(broker.dicom_port, sorted((SAMPLES / "kari-ct").glob("ct-s1-*.dcm")))
+    storescu(broker.dicom_port, sorted((SAMPLES / "ola-cr").glob("*.dcm")))
+    wait_instances(broker, 3)
+
+    ack = mllp_send(broker, tmp_path, adt_message("A08", KARI, "Nordmann^Kari^Elisabeth"))
+    assert msa(ack)[1] == "AA"
+    deadline = time.time() + 1
+    assert study_names(broker, KARI) == ["Nordmann^Kari^Elisabeth"]
+    assert time.time() <= deadline + 2  # findscu itself takes a moment
+
+    latin1 = adt_message("A08", KARI, "Ødegård^Kari", charset="8859/1")
+    assert msa(mllp_send(broker, tmp_path, latin1))[1] == "AA"
+    assert study_names(broker, KARI) == ["Ødegård^Kari"]
+
+    ack = mllp_send(broker, tmp_path, adt_message("A40", KARI, "Ødegård^Kari", prior=OLA))
+    assert msa(ack)[1] == "AA"
+    assert study_names(broker, OLA) == []
+    assert study_names(broker, KARI) == ["Ødegård^Kari", "Ødegård^Kari"]
+
+    bad = adt_message("A08", "12345678901", "Feil^Nummer")
+    answer = msa(mllp_send(broker, tmp_path, bad))
+    assert answer[1] == "AE" and "national ID" in answer[3]
+    rejected = msa(mllp_send(broker, tmp_path, b"MSH|^~\\&|X|Y|Z|W|20260101||ORU^R01|1|P|2.5\r"))
+    assert rejected[1] == "AR"
+    assert study_names(broker, KARI) == ["Ødegård^Kari", "Ødegård^Kari"]
+
+    replay = adt_message("A08", KARI, "Someone^Else", control_id="fixed-1")
+    assert msa(mllp_send(broker, tmp_path, replay))[1] == "AA"
+    again = adt_message("A08", KARI, "Someone^Else^Again", control_id="fixed-1")
+    assert "duplicate" in msa(mllp_send(broker, tmp_path, again))[3]
+    assert study_names(broker, KARI) == ["Someone^Else", "Someone^Else"]
+
+
+def test_invalid_national_id_goes_to_quarantine_until_assigned(
+    broker: Broker, tmp_path: Path
+) -> None:
+    src = sorted((SAMPLES / "kari-ct").glob("ct-s2-*.dcm"))
+    files = [edited(p, tmp_path / "in" / p.name, PatientID="12345678901") for p in src]
+    assert storescu(broker.dicom_port, files).returncode == 0
+    wait_instances(broker, 2)
+    assert study_names(broker, "12345678901") == []
+    assert study_names(broker, "*") == []
+
+    token = broker.cli("token", "--user", "admin1", "--role", "radiology-admin").stdout.strip()
+    api = httpx.Client(
+        base_url=f"http://127.0.0.1:{broker.http_port}/api/v1/admin",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    listed = api.get("/quarantine").json()["studies"]
+    assert len(listed) == 1 and "invalid national ID" in listed[0]["reason"]
+    uid = listed[0]["study_uid"]
+    r = api.post(f"/quarantine/studies/{uid}/assign", json={"patient_id": KARI})
+    assert r.status_code == 404  # Kari is in PAS but not yet in the registry
+    storescu(broker.dicom_port, sorted((SAMPLES / "kari-ct").glob("ct-s1-*.dcm")))
+    wait_instances(broker, 4)
+    r = api.post(f"/quarantine/studies/{uid}/assign", json={"patient_id": KARI})
+    assert r.status_code == 200, r.text
+    assert study_names(broker, KARI) == ["Nordmann^Kari"]  # one study: both series
+    assert api.get("/quarantine").json()["studies"] == []
+    clinical = broker.cli("token", "--user", "dr", "--role", "clinician").stdout.strip()
+    r = httpx.get(
+        f"http://127.0.0.1:{broker.http_port}/api/v1/admin/quarantine",
+        headers={"Authorization": f"Bearer {clinical}"},
+    )
+    assert r.status_code == 403
+
+
+def test_pas_down_during_ingest_is_verified_later(broker: Broker, pas: str) -> None:
+    httpx.post(f"{pas}/admin/down").raise_for_status()
+    files = sorted((SAMPLES / "aase-mr").glob("*.dcm"))
+    assert storescu(broker.dicom_port, files).returncode == 0
+    wait_instances(broker, len(files))
+    aase = PATIENTS["p3"]["identifiers"][0]["value"]
+
+    def status() -> str:
+        archive = Archive(broker.settings())
+        try:
+            with archive.sessions() as s:
+                return s.scalars(select(Patient.status).where(Patient.patient_id == aase)).one()
+        finally:
+            archive.close()
+
+    assert status() == PatientStatus.UNVERIFIED
+    httpx.post(f"{pas}/admin/up").raise_for_status()
+    deadline = time.time() + 30
+    while status() != PatientStatus.VERIFIED and time.time() < deadline:
+        time.sleep(0.5)
+    assert status() == PatientStatus.VERIFIED
+    assert study_names(broker, aase) == ["Ødegård^Åse"]

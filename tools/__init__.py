@@ -1,0 +1,1 @@
+"""Demo and test tools; not part of the installed product."""
