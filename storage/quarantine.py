@@ -79,15 +79,14 @@ def assign(session: Session, study_uid: str, target: Patient, *, actor: str, sou
         )
     study.patient = target
     session.flush()
-    _drop_if_empty(session, old)
-    audit.record(
+    _settle(
         session,
+        old,
+        "quarantine-assign",
+        (target.patient_id, study_uid),
+        f"from quarantined ID {old.patient_id!r} ({old.status_reason})",
         actor=actor,
-        role="radiology-admin",
         source=source,
-        action="quarantine-assign",
-        patients=[(target.patient_id, study_uid)],
-        detail=f"from quarantined ID {old.patient_id!r} ({old.status_reason})",
     )
 
 
@@ -103,21 +102,39 @@ def reject(session: Session, store: ObjectStore, study_uid: str, *, actor: str, 
         session.delete(series)
     session.delete(study)
     session.flush()
-    _drop_if_empty(session, old)
+    _settle(
+        session,
+        old,
+        "quarantine-reject",
+        (old.patient_id, study_uid),
+        f"{len(instances)} objects deleted ({old.status_reason})",
+        actor=actor,
+        source=source,
+    )
+    return len(instances)
+
+
+def _settle(
+    session: Session,
+    old: Patient,
+    action: str,
+    subject: tuple[str, str],
+    detail: str,
+    *,
+    actor: str,
+    source: str,
+) -> None:
+    """Audit a resolution and drop the quarantined patient once no study is left under it."""
+    left = session.scalar(select(func.count(Study.id)).where(Study.patient_fk == old.id))
+    if not left:
+        session.delete(old)
+        session.flush()
     audit.record(
         session,
         actor=actor,
         role="radiology-admin",
         source=source,
-        action="quarantine-reject",
-        patients=[(old.patient_id, study_uid)],
-        detail=f"{len(instances)} objects deleted ({old.status_reason})",
+        action=action,
+        patients=[subject],
+        detail=detail,
     )
-    return len(instances)
-
-
-def _drop_if_empty(session: Session, patient: Patient) -> None:
-    left = session.scalar(select(func.count(Study.id)).where(Study.patient_fk == patient.id))
-    if not left:
-        session.delete(patient)
-        session.flush()

@@ -95,8 +95,8 @@ class PasClient:
         except httpx.HTTPError as e:
             log.warning("PAS lookup of %s failed: %s", ident.value, e)
             raise PasUnavailable(f"{type(e).__name__}: {e}") from None
-        if r.status_code == 404:
-            return None
+        # An unknown patient is a 200 with an empty Bundle; a 404 means a wrong base URL, and
+        # reading it as "unknown" would quarantine every new study.
         if r.status_code != 200:
             raise PasUnavailable(f"PAS answered HTTP {r.status_code}")
         try:

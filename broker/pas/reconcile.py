@@ -101,25 +101,34 @@ class Reconciler:
         return registry.create(session, demo, decision.status, decision.reason, h.issuer)
 
     def reverify(self, sessions: sessionmaker[Session], limit: int = 200) -> int:
-        """Ask PAS again about patients filed while it was down; returns how many were settled."""
+        """Ask PAS again about patients filed while it was down; returns how many were settled.
+        The lookups run outside any transaction, so ingest never waits on PAS for the index."""
         if self.client is None:
             return 0
-        settled = 0
+        with sessions() as session:
+            pending = [
+                (p.id, [Identifier(r.system, r.value) for r in p.identifiers])
+                for p in registry.stale_unverified(session, limit)
+            ]
+        answers: list[tuple[int, Demographics | None]] = []
+        for pid, idents in pending:
+            try:
+                found = [d for d in map(self.client.lookup, idents) if d is not None]
+            except PasUnavailable:
+                break
+            answers.append((pid, found[0] if found else None))
         with sessions() as session, session.begin():
-            for patient in registry.stale_unverified(session, limit):
-                idents = [Identifier(r.system, r.value) for r in patient.identifiers]
-                try:
-                    found = [d for d in map(self.client.lookup, idents) if d is not None]
-                except PasUnavailable:
-                    break
-                if not found:
+            for pid, demo in answers:
+                patient = session.get(Patient, pid)
+                if patient is None or patient.status != PatientStatus.UNVERIFIED:
+                    continue  # an ADT message settled it meanwhile
+                if demo is None:
                     patient.status = PatientStatus.QUARANTINED
                     patient.status_reason = f"Patient ID {patient.patient_id} is unknown to PAS"
                     log.warning("%s", patient.status_reason)
-                else:
-                    target = registry.apply_pas(session, found[0])
-                    if target.id != patient.id:
-                        registry.absorb(session, patient, target, "confirmed by PAS")
-                    log.info("patient %s verified by PAS", target.patient_id)
-                settled += 1
-        return settled
+                    continue
+                target = registry.apply_pas(session, demo)
+                if target.id != patient.id:
+                    registry.absorb(session, patient, target, "confirmed by PAS")
+                log.info("patient %s verified by PAS", target.patient_id)
+        return len(answers)
