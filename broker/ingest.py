@@ -22,6 +22,10 @@ from storage.objects import ObjectStoreError
 
 log = logging.getLogger("pacsbroker.ingest")
 
+# A batch holds its payloads in memory until archived and indexed; large images would
+# otherwise make 64-object batches cost hundreds of MB.
+BATCH_BYTES = 16 << 20
+
 
 @dataclass
 class _Item:
@@ -134,11 +138,14 @@ class IngestWorker:
             self.backlog = 0
             return refs
         pending = [first]
-        while len(pending) < self.batch:
+        size = first.length if isinstance(first, spool.RecordRef) else 0
+        while len(pending) < self.batch and size < BATCH_BYTES:
             try:
-                pending.append(self.queue.get_nowait())
+                msg = self.queue.get_nowait()
             except queue.Empty:
                 break
+            pending.append(msg)
+            size += msg.length if isinstance(msg, spool.RecordRef) else 0
         for msg in pending:
             if isinstance(msg, spool.RecordRef):
                 refs.append(msg)

@@ -41,17 +41,20 @@ class Orthanc:
             "DicomModalities": {k: list(v) for k, v in modalities.items()},
         }
 
-    def start(self, modalities: dict[str, tuple[str, str, int]]) -> Orthanc:
+    def start(
+        self, modalities: dict[str, tuple[str, str, int]], extra: dict[str, Any] | None = None
+    ) -> Orthanc:
         if not ORTHANC.exists():
             raise RuntimeError("Orthanc missing: deploy/install-system.sh installs it")
         self.root.mkdir(parents=True, exist_ok=True)
         cfg = self.root / "orthanc.json"
-        cfg.write_text(json.dumps(self.config(modalities), indent=1))
+        cfg.write_text(json.dumps({**self.config(modalities), **(extra or {})}, indent=1))
         self.proc = subprocess.Popen(
             [str(ORTHANC), str(cfg)],
             env={**os.environ, "TCP_NODELAY": "1"},
             stdout=open(self.root / "orthanc.log", "ab"),
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = time.time() + 60
         while time.time() < deadline:

@@ -17,6 +17,7 @@ from pynetdicom.events import Event
 from pynetdicom.transport import ThreadedAssociationServer
 
 from broker.dimse.access import AccessPolicy, Action
+from broker.dimse.brisk import BriskRequestHandler, SharedContexts
 from broker.dimse.contexts import scp_contexts
 from broker.dimse.find import FindHandler
 from broker.dimse.retrieve import RetrieveHandler
@@ -34,6 +35,11 @@ _config.UNRESTRICTED_STORAGE_SERVICE = True
 
 class ReusePortServer(ThreadedAssociationServer):
     """Several receiver processes accept on one port; the kernel spreads the connections."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["request_handler"] = BriskRequestHandler
+        super().__init__(*args, **kwargs)
+        self.contexts = SharedContexts(self.contexts)
 
     def server_bind(self) -> None:
         assert self.socket is not None
