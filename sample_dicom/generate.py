@@ -128,8 +128,8 @@ def save(ds: Dataset, ts: str, path: Path) -> None:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ts
-    meta.ImplementationClassUID = ROOT + "1"
+    meta.TransferSyntaxUID = UID(ts)
+    meta.ImplementationClassUID = UID(ROOT + "1")
     ds.file_meta = meta
     if ts in (RLELossless, JPEG2000Lossless):
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian

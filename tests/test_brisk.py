@@ -1,40 +1,77 @@
-"""The latency tuning of pynetdicom acceptors keeps idle associations cheap and contexts intact."""
+"""The latency tuning of pynetdicom acceptors: wake-ups, whole-PDU reads, shared contexts."""
 
 from __future__ import annotations
 
 import copy
+import socket
+import threading
 import time
-from unittest import mock
 
 from pynetdicom import AE
 from pynetdicom.association import Association
+from pynetdicom.transport import AssociationSocket
 
 from broker.dimse import brisk
 from broker.dimse.contexts import scp_contexts
 
 
 def _dul() -> brisk.BriskDUL:
-    assoc = Association(AE("TEST"), "acceptor")
-    assoc.dul.__class__ = brisk.BriskDUL
-    assert isinstance(assoc.dul, brisk.BriskDUL)
-    return assoc.dul
+    return brisk.BriskDUL.adopt(Association(AE("TEST"), "acceptor").dul)
 
 
-def test_polls_fast_only_while_traffic_is_recent() -> None:
+def test_idle_wait_blocks_instead_of_spinning() -> None:
     dul = _dul()
-    assert dul._run_loop_delay == brisk.IDLE_DELAY
-    with mock.patch("pynetdicom.dul.DULServiceProvider._is_transport_event", return_value=True):
-        assert dul._is_transport_event()
-    assert dul._run_loop_delay == brisk.BUSY_DELAY
-    dul._busy_until = time.monotonic() - 0.001
-    assert dul._run_loop_delay == brisk.IDLE_DELAY
+    start = time.perf_counter()
+    for _ in range(20):
+        dul._wait()
+    assert time.perf_counter() - start >= 20 * brisk.MAX_WAIT * 0.9
 
 
-def test_sending_counts_as_traffic() -> None:
+def test_an_outgoing_primitive_wakes_the_reactor_at_once() -> None:
     dul = _dul()
-    with mock.patch("pynetdicom.dul.DULServiceProvider._process_recv_primitive", return_value=True):
-        assert dul._process_recv_primitive()
-    assert dul._run_loop_delay == brisk.BUSY_DELAY
+    woke = threading.Event()
+
+    def reactor() -> None:
+        dul._wait()
+        woke.set()
+
+    # a long MAX_WAIT shows that the wake-up, not the timeout, ends the wait
+    brisk_wait, brisk.MAX_WAIT = brisk.MAX_WAIT, 5.0
+    try:
+        t = threading.Thread(target=reactor)
+        t.start()
+        time.sleep(0.05)
+        dul.to_provider_queue.put("primitive")
+        assert woke.wait(1.0)
+        t.join()
+    finally:
+        brisk.MAX_WAIT = brisk_wait
+    assert dul._run_loop_delay == 0.0
+
+
+def test_wake_sockets_are_closed_when_the_dul_stops() -> None:
+    dul = _dul()
+    dul.state_machine.current_state = "Sta1"
+    assert dul.stop_dul()
+    assert dul._wake_r.fileno() == -1 and dul._wake_w.fileno() == -1
+
+
+def test_socket_reads_a_whole_pdu_sent_in_pieces() -> None:
+    a, b = socket.socketpair()
+    sock = AssociationSocket(Association(AE("TEST"), "acceptor"), client_socket=a)
+    sock.__class__ = brisk.BriskSocket
+    payload = bytes(range(256)) * 4096
+
+    def sender() -> None:
+        for i in range(0, len(payload), 70_000):
+            b.sendall(payload[i : i + 70_000])
+            time.sleep(0.001)
+        b.close()
+
+    threading.Thread(target=sender).start()
+    assert sock.recv(len(payload)) == payload
+    assert sock.recv(10) == b""  # closed: a short read, reported by the caller
+    a.close()
 
 
 def test_accepted_contexts_are_shared_not_copied() -> None:

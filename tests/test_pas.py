@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pydicom import dcmread
 from sqlalchemy import select
 
 from broker.pas.pdqm import PasClient, PasUnavailable
+from storage import nationalid
 from storage.archive import Archive
 from storage.demographics import NATIONAL_SYSTEMS, Identifier
 from storage.dicomheader import dataset_offset
@@ -27,6 +29,7 @@ from tools.pas_sim import adt_message, sample_patients
 
 PATIENTS = sample_patients()
 KARI, OLA = (p["identifiers"][0]["value"] for p in (PATIENTS["p1"], PATIENTS["p2"]))
+OLA_CR = sorted((SAMPLES / "ola-cr").glob("*.dcm"))
 
 
 @pytest.fixture
@@ -167,6 +170,13 @@ def test_adt_update_merge_and_refusal(broker: Broker, tmp_path: Path) -> None:
     assert "duplicate" in msa(mllp_send(broker, tmp_path, again))[3]
     assert study_names(broker, KARI) == ["Someone^Else", "Someone^Else"]
 
+    new_id = nationalid.make(dt.date(1984, 3, 9), 123, synthetic=True)
+    assert new_id
+    ack = mllp_send(broker, tmp_path, adt_message("A47", new_id, "Someone^Else", prior=KARI))
+    assert msa(ack)[1] == "AA"
+    assert study_names(broker, KARI) == []
+    assert study_names(broker, new_id) == ["Someone^Else", "Someone^Else"]
+
 
 def test_invalid_national_id_goes_to_quarantine_until_assigned(
     broker: Broker, tmp_path: Path
@@ -174,7 +184,10 @@ def test_invalid_national_id_goes_to_quarantine_until_assigned(
     src = sorted((SAMPLES / "kari-ct").glob("ct-s2-*.dcm"))
     files = [edited(p, tmp_path / "in" / p.name, PatientID="12345678901") for p in src]
     assert storescu(broker.dicom_port, files).returncode == 0
-    wait_instances(broker, 2)
+    stray = [edited(p, tmp_path / "stray" / p.name, PatientID="99999999999") for p in OLA_CR]
+    stray_uids = [str(dcmread(p).SOPInstanceUID) for p in stray]
+    assert storescu(broker.dicom_port, stray).returncode == 0
+    wait_instances(broker, 2 + len(stray))
     assert study_names(broker, "12345678901") == []
     assert study_names(broker, "*") == []
 
@@ -183,9 +196,17 @@ def test_invalid_national_id_goes_to_quarantine_until_assigned(
         base_url=f"http://127.0.0.1:{broker.http_port}/api/v1/admin",
         headers={"Authorization": f"Bearer {token}"},
     )
-    listed = api.get("/quarantine").json()["studies"]
-    assert len(listed) == 1 and "invalid national ID" in listed[0]["reason"]
-    uid = listed[0]["study_uid"]
+    listed = {q["study_uid"]: q for q in api.get("/quarantine").json()["studies"]}
+    assert len(listed) == 2 and all("invalid national ID" in q["reason"] for q in listed.values())
+    stray_uid = str(dcmread(stray[0]).StudyInstanceUID)
+    assert api.post(f"/quarantine/studies/{stray_uid}/reject").status_code == 200
+    archive = Archive(broker.settings())
+    try:
+        with archive.sessions() as s:
+            assert not s.scalars(select(Instance).where(Instance.sop_uid.in_(stray_uids))).all()
+    finally:
+        archive.close()
+    (uid,) = [u for u in listed if u != stray_uid]
     r = api.post(f"/quarantine/studies/{uid}/assign", json={"patient_id": KARI})
     assert r.status_code == 404  # Kari is in PAS but not yet in the registry
     storescu(broker.dicom_port, sorted((SAMPLES / "kari-ct").glob("ct-s1-*.dcm")))

@@ -1,63 +1,135 @@
 """Lower latency for pynetdicom acceptors, per association and per message.
 
 Per association: pynetdicom deep-copies the acceptor's presentation contexts for every
-association (127 SOP classes with 23 transfer syntaxes each here: about 20 ms per accept, doubling
-C-ECHO latency). Negotiation only reads them and we never change them after start, so every
-association shares one list.
+association (127 SOP classes with 23 transfer syntaxes each here: about 20 ms per accept,
+doubling C-ECHO latency). Negotiation only reads them and we never change them after start,
+so every association shares one list.
 
-Per message: pynetdicom's DUL reactor sleeps a fixed 1 ms whenever a loop found nothing to
-do, so every PDU in or out waits up to a millisecond: for small objects over one association
-that sleep, not parsing or disk, bounds the store rate (docs/benchmarks.md). While an
-association has recent traffic either way we poll every 50 µs; after half a second of quiet
-we fall back to pynetdicom's 1 ms, so idle associations cost what they cost before.
+Per message: pynetdicom's DUL reactor polls. Whenever a loop found nothing to do it sleeps a
+fixed 1 ms, so every PDU in or out waits up to a millisecond; for small objects over one
+association that sleep, not parsing or disk, bounds the store rate (docs/benchmarks.md).
+A BriskDUL waits in select() on the socket and on a wake-up socket that the outgoing queue
+pokes, so it reacts at once to either direction and costs nothing while idle; a BriskSocket
+reads each PDU with as few recv() calls as possible instead of 4 KiB at a time.
 """
 
 from __future__ import annotations
 
-import time
-from typing import Any
+import contextlib
+import queue
+import select
+import socket
+import weakref
+from typing import Any, cast
 
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.presentation import PresentationContext
-from pynetdicom.transport import RequestHandler
+from pynetdicom.transport import AssociationSocket, RequestHandler
 
-BUSY_DELAY = 0.00005
-IDLE_DELAY = 0.001
-LINGER = 0.5
+# The longest a wait may last; it bounds how late the reactor sees its own timers expire.
+MAX_WAIT = 0.001
+
+
+class _WakingQueue(queue.Queue[Any]):
+    """The DUL's outgoing primitive queue; a put wakes the reactor out of select()."""
+
+    def __init__(self, wake: socket.socket) -> None:
+        super().__init__()
+        self._wake = wake
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        # OSError: buffer full (a wake-up is pending anyway) or the association is closed.
+        with contextlib.suppress(OSError):
+            self._wake.send(b"\0")
 
 
 class BriskDUL(DULServiceProvider):
-    _busy_until = 0.0
+    _wake_r: socket.socket
+    _wake_w: socket.socket
+
+    @classmethod
+    def adopt(cls, dul: DULServiceProvider) -> BriskDUL:
+        """Turn a DUL that has not started yet into a BriskDUL, keeping its state."""
+        dul.__class__ = cls
+        assert isinstance(dul, BriskDUL)
+        dul._wake_r, dul._wake_w = socket.socketpair()
+        for s in (dul._wake_r, dul._wake_w):
+            s.setblocking(False)
+        dul.to_provider_queue = _WakingQueue(dul._wake_w)
+        weakref.finalize(dul, _close, dul._wake_r, dul._wake_w)
+        return dul
 
     @property
     def _run_loop_delay(self) -> float:
-        return BUSY_DELAY if time.monotonic() < self._busy_until else IDLE_DELAY
+        return 0.0  # the wait happens in select(), see _is_transport_event
 
     @_run_loop_delay.setter
     def _run_loop_delay(self, _value: float) -> None:
-        """pynetdicom's constructor assigns its fixed delay; the property decides instead."""
-
-    def _busy(self, active: bool) -> bool:
-        if active:
-            self._busy_until = time.monotonic() + LINGER
-        return active
+        """pynetdicom's constructor assigns its fixed delay; BriskDUL does not sleep."""
 
     def _is_transport_event(self) -> bool:
-        return self._busy(super()._is_transport_event())
+        if super()._is_transport_event():
+            return True
+        self._wait()
+        return False
 
-    def _process_recv_primitive(self) -> bool:
-        return self._busy(super()._process_recv_primitive())
+    def _wait(self) -> None:
+        if not self.event_queue.empty() or not self.to_provider_queue.empty():
+            return
+        watched: list[Any] = [self._wake_r]
+        raw = self.socket.socket if self.socket is not None else None
+        if raw is not None and raw.fileno() >= 0:
+            watched.append(raw)
+        try:
+            select.select(watched, [], [], MAX_WAIT)
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        except (OSError, ValueError):
+            return
+
+    def stop_dul(self) -> bool:
+        stopped = bool(super().stop_dul())
+        if stopped:
+            _close(self._wake_r, self._wake_w)
+        return stopped
+
+
+def _close(*socks: socket.socket) -> None:
+    for s in socks:
+        s.close()
+
+
+class BriskSocket(AssociationSocket):
+    """Reads a PDU with as few system calls as the kernel allows, not in 4 KiB pieces."""
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        sock = cast(socket.socket, self.socket)
+        buf = bytearray(nr_bytes)
+        view = memoryview(buf)
+        got = 0
+        while got < nr_bytes:
+            n = sock.recv_into(view[got:], nr_bytes - got)
+            if not n:  # connection closed: the caller reports the short PDU
+                del view
+                return buf[:got]
+            got += n
+        return buf
 
 
 class BriskRequestHandler(RequestHandler):
-    """Makes each accepted association's DUL a BriskDUL before its threads start."""
+    """Gives each accepted association a BriskDUL and a BriskSocket before its threads start."""
 
     def _create_association(self) -> Association:
         assoc = super()._create_association()
-        # The DUL already holds the socket and the state machine's first transition, so it is
-        # re-classed in place rather than replaced; BriskDUL adds no state of its own.
-        assoc.dul.__class__ = BriskDUL
+        # The DUL already holds the socket and the state machine's first transition, so both
+        # are adopted in place rather than replaced.
+        BriskDUL.adopt(assoc.dul)
+        if type(assoc.dul.socket) is AssociationSocket:
+            assoc.dul.socket.__class__ = BriskSocket
         return assoc
 
 
