@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from io import BytesIO
 from typing import Any
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import evt
 from pynetdicom.association import Association
@@ -18,13 +16,12 @@ from broker.dimse.contexts import sub_operation_contexts
 from broker.dimse.find import IDENTIFIER_MISMATCH, query_level
 from broker.dimse.store import NOT_AUTHORISED, status
 from broker.dimse.transcode import fit_to_peer
-from storage import audit
+from storage import audit, outbound
 from storage.archive import Archive
 from storage.models import Instance
 from storage.objects import ObjectNotFound, ObjectStoreError
 from storage.patientmodule import PatientModule
-from storage.patientmodule import apply as apply_patient
-from storage.query import Level, Matcher, keys_of
+from storage.query import Matcher, keys_of
 
 log = logging.getLogger("pacsbroker.retrieve")
 
@@ -55,8 +52,8 @@ class RetrieveHandler:
         matcher = Matcher(level, keys, pn_case_insensitive=False)
         with self.archive.sessions() as session:
             hits = list(matcher.hits(session))
-            instances = _instances_of(session, level, hits)
-            patients = _patient_modules(session, instances)
+            instances = outbound.instances_of(session, level, hits)
+            patients = outbound.patient_modules(session, instances)
             audit.record(
                 session,
                 actor=calling,
@@ -125,21 +122,19 @@ class RetrieveHandler:
             if event.is_cancelled:
                 yield 0xFE00, None
                 return
-            ds = self._load(inst)
+            # PAS may have renamed or merged the patient since the object was stored
+            ds = self._load(inst, patients[inst.id])
             if ds is None:
                 yield 0xFF00, _placeholder(inst)
                 continue
-            # PAS may have renamed or merged the patient since the object was stored
-            apply_patient(ds, patients[inst.id])
             yield 0xFF00, fit_to_peer(ds, sub_assoc[0].accepted_contexts if sub_assoc else [])
 
-    def _load(self, inst: Instance) -> Dataset | None:
+    def _load(self, inst: Instance, pm: PatientModule) -> Dataset | None:
         try:
-            data = self.archive.store.get(inst.object_key)
+            return outbound.load(self.archive.store, inst, pm)
         except (ObjectNotFound, ObjectStoreError) as e:
             log.error("cannot read %s for retrieve: %s", inst.object_key, e)
             return None
-        return dcmread(BytesIO(data))
 
 
 def _placeholder(inst: Instance) -> Dataset:
@@ -147,56 +142,3 @@ def _placeholder(inst: Instance) -> Dataset:
     ds = Dataset()
     ds.SOPInstanceUID = inst.sop_uid
     return ds
-
-
-def _patient_modules(session: Any, instances: list[Instance]) -> dict[int, PatientModule]:
-    from sqlalchemy import select
-
-    from storage.models import Patient, Series, Study
-
-    out: dict[int, PatientModule] = {}
-    ids = [i.id for i in instances]
-    for start in range(0, len(ids), 500):
-        rows = session.execute(
-            select(
-                Instance.id,
-                Patient.patient_id,
-                Patient.issuer,
-                Patient.name,
-                Patient.birth_date,
-                Patient.sex,
-            )
-            .join(Instance.series)
-            .join(Series.study)
-            .join(Study.patient)
-            .where(Instance.id.in_(ids[start : start + 500]))
-        )
-        for iid, *values in rows:
-            out[iid] = PatientModule(*values)
-    return out
-
-
-def _instances_of(session: Any, level: Level, hits: list[Any]) -> list[Instance]:
-    from sqlalchemy import select
-
-    from storage.models import Series, Study
-
-    if level is Level.IMAGE:
-        return [h.instance for h in hits]
-    if level is Level.SERIES:
-        ids = [h.series.id for h in hits]
-        stmt = select(Instance).where(Instance.series_fk.in_(ids))
-    elif level is Level.STUDY:
-        ids = [h.study.id for h in hits]
-        stmt = select(Instance).join(Instance.series).where(Series.study_fk.in_(ids))
-    else:
-        ids = [h.patient.id for h in hits]
-        stmt = (
-            select(Instance)
-            .join(Instance.series)
-            .join(Series.study)
-            .where(Study.patient_fk.in_(ids))
-        )
-    if not ids:
-        return []
-    return list(session.scalars(stmt.order_by(Instance.series_fk, Instance.id)))
