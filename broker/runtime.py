@@ -17,8 +17,9 @@ from broker.pas.listener import MllpListener
 from broker.pas.pdqm import PasClient
 from broker.pas.reconcile import Reconciler
 from storage.archive import Archive
+from storage.intake import Intake
 from storage.settings import Settings
-from storage.spool import RecordRef
+from storage.spool import RecordRef, SpoolWriter
 from viewer.app import create_app
 
 log = logging.getLogger("pacsbroker.serve")
@@ -133,8 +134,18 @@ class Runtime:
         if self._forwarder is not None:
             self._forwarder.join(5)
 
+    def _intake(self) -> Intake:
+        """Spool for objects uploaded over HTTP (STOW-RS), feeding the same ingest queue."""
+        queue = self.ingest.queue
+        writer = SpoolWriter(
+            self.settings.spool_dir / "http",
+            self.settings.spool_segment_mb << 20,
+            on_sealed=lambda path, count: queue.put(("sealed", path, count)),
+        )
+        return Intake(writer, queue.put)
+
     def serve_http(self) -> None:
-        app = create_app(self.archive, self.status)
+        app = create_app(self.archive, self.status, self._intake())
         config = uvicorn.Config(
             app,
             host=self.settings.bind_host,

@@ -91,6 +91,21 @@ def validate(ds_bytes: bytes, ts: str) -> Identity:
     )
 
 
+def validate_part10(payload: bytes) -> Identity:
+    """Check a Part 10 file (as uploaded over HTTP) the way a C-STORE data set is checked."""
+    if len(payload) < 132 or payload[128:132] != b"DICM":
+        raise InvalidObject("not a DICOM Part 10 file: no 'DICM' prefix after the preamble")
+    start = dataset_offset(payload)
+    try:
+        meta = dcmread(BytesIO(payload[:start]), force=True).file_meta
+    except Exception as e:
+        raise InvalidObject(f"file meta information cannot be parsed: {e}") from None
+    ts = str(getattr(meta, "TransferSyntaxUID", "") or "")
+    if not ts:
+        raise InvalidObject("file meta information has no TransferSyntaxUID (0002,0010)")
+    return validate(payload[start:], ts)
+
+
 def _check_pixel_tail(stream: bytes, pos: int, implicit: bool, little: bool) -> None:
     """Detect a data set cut off inside its pixel data (the usual way transfers get truncated)."""
     if pos >= len(stream):

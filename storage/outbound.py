@@ -9,13 +9,16 @@ from io import BytesIO
 from typing import Any
 
 from pydicom import dcmread
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import UID, ExplicitVRLittleEndian
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from storage import transcode
+from storage.dicomheader import decode_attrs
 from storage.models import Instance, Patient, Series, Study
 from storage.objects import ObjectStore
-from storage.patientmodule import PatientModule
+from storage.patientmodule import PatientModule, differences
 from storage.patientmodule import apply as apply_patient
 from storage.query import Level
 
@@ -70,3 +73,60 @@ def patient_modules(session: Session, instances: list[Instance]) -> dict[int, Pa
 def load(store: ObjectStore, inst: Instance, pm: PatientModule) -> Dataset:
     """The stored object with the current patient module; raises ObjectStoreError if unreadable."""
     return apply_patient(dcmread(BytesIO(store.get(inst.object_key))), pm)
+
+
+def part10(store: ObjectStore, inst: Instance, pm: PatientModule, syntaxes: set[str]) -> bytes:
+    """The object as a Part 10 file in one of `syntaxes` ("*": any) with the current patient
+    module: the stored bytes themselves whenever neither needs to change."""
+    raw = store.get(inst.object_key)
+    header = dcmread(BytesIO(raw), stop_before_pixels=True)
+    as_stored = "*" in syntaxes or inst.transfer_syntax in syntaxes
+    if as_stored and not differences(header, pm):
+        return raw
+    ds = apply_patient(dcmread(BytesIO(raw)), pm)
+    if not as_stored:
+        ds = transcode.fit(ds, syntaxes)
+        ts = UID(ds.file_meta.TransferSyntaxUID)
+        if ts not in syntaxes and not ts.is_compressed:
+            # deflated or implicit VR: pydicom re-encodes the data set on writing
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    out = BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def indexed_header(inst: Instance, pm: PatientModule) -> Dataset:
+    """The attributes the index holds for an instance (all up to the pixel data), with the
+    current patient module and the file's transfer syntax; no object-store read."""
+    ds = apply_patient(decode_attrs(inst.attrs, inst.attrs_ts), pm)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = UID(inst.transfer_syntax)
+    return ds
+
+
+def bulk_value(store: ObjectStore, inst: Instance, tag: int) -> bytes:
+    """The raw value of one binary element (pixel data as stored: native or encapsulated)."""
+    ds = dcmread(BytesIO(store.get(inst.object_key)))
+    if tag not in ds or not isinstance(ds[tag].value, bytes):
+        raise ValueError(f"no binary element {tag:08X}")
+    return bytes(ds[tag].value)
+
+
+def frames(store: ObjectStore, inst: Instance, numbers: list[int]) -> list[bytes]:
+    """Frames (1-based) as uncompressed little-endian pixel bytes."""
+    ds: Dataset = dcmread(BytesIO(store.get(inst.object_key)))
+    if "PixelData" not in ds:
+        raise IndexError("the instance has no pixel data")
+    count = int(ds.get("NumberOfFrames", 1) or 1)
+    bad = [n for n in numbers if not 1 <= n <= count]
+    if bad:
+        raise IndexError(f"frame(s) {bad} out of range: the instance has {count}")
+    ds = transcode.fit(ds, [ExplicitVRLittleEndian])
+    if UID(ds.file_meta.TransferSyntaxUID).is_compressed:
+        raise ValueError("the pixel data cannot be decoded here")
+    bits = int(ds.BitsAllocated)
+    size = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * bits // 8
+    if bits == 1 or size * count > len(ds.PixelData):
+        raise ValueError("frames of 1-bit or short pixel data are not served")
+    data = bytes(ds.PixelData)
+    return [data[(n - 1) * size : n * size] for n in numbers]

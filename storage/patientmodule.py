@@ -18,8 +18,8 @@ class PatientModule:
     sex: str
 
 
-def apply(ds: Dataset, pm: PatientModule) -> Dataset:
-    """Overwrite the patient attributes that differ; an unchanged object keeps its bytes."""
+def differences(ds: Dataset, pm: PatientModule) -> dict[str, str]:
+    """The patient attributes (keyword: current value) that the object has differently."""
     wanted = {
         "PatientID": pm.patient_id,
         "IssuerOfPatientID": pm.issuer,
@@ -27,7 +27,12 @@ def apply(ds: Dataset, pm: PatientModule) -> Dataset:
         "PatientBirthDate": pm.birth_date,
         "PatientSex": pm.sex,
     }
-    changed = {k: v for k, v in wanted.items() if str(ds.get(k) or "") != v}
+    return {k: v for k, v in wanted.items() if str(ds.get(k) or "") != v}
+
+
+def apply(ds: Dataset, pm: PatientModule) -> Dataset:
+    """Overwrite the patient attributes that differ; an unchanged object keeps its bytes."""
+    changed = differences(ds, pm)
     if not changed:
         return ds
     if any(not v.isascii() for v in changed.values()) and not _can_encode(ds, changed):

@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     pas_retry_interval: float = Field(
         default=10.0, description="Seconds between reconciliation rounds for unverified patients"
     )
+    stow_max_mb: int = Field(default=2048, description="Largest STOW-RS request body accepted")
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Web origins (e.g. an OHIF viewer) allowed to call us"
+    )
     allow_synthetic_ids: bool = Field(
         default=True, description="Accept synthetic national IDs (month + 80); off in production"
     )

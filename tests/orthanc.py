@@ -79,7 +79,10 @@ class Orthanc:
                 self.proc.wait()
 
     def upload(self, path: Path) -> dict[str, Any]:
-        r = self.http.post("/instances", content=path.read_bytes())
+        return self.upload_bytes(path.read_bytes())
+
+    def upload_bytes(self, data: bytes) -> dict[str, Any]:
+        r = self.http.post("/instances", content=data)
         r.raise_for_status()
         return dict(r.json())
 

@@ -6,21 +6,35 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from pydantic import BaseModel
 
 from storage.archive import Archive
+from storage.intake import Intake
 from storage.stats import archive_counts
 from viewer.admin import router as admin_router
 from viewer.auth import Caller, caller, signing_key
+from viewer.dicomweb import router as dicomweb_router
 
 
 class Health(BaseModel):
     status: str
 
 
-def create_app(archive: Archive, runtime_status: Callable[[], dict[str, Any]]) -> FastAPI:
+def create_app(
+    archive: Archive,
+    runtime_status: Callable[[], dict[str, Any]],
+    intake: Intake | None = None,
+) -> FastAPI:
     app = FastAPI(title="pacsbroker", version="0.1.0")
     app.state.signing_key = signing_key(archive.settings.data_dir)
+    if archive.settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=archive.settings.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Accept", "Content-Type"],
+        )
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     def healthz() -> Health:
@@ -33,4 +47,5 @@ def create_app(archive: Archive, runtime_status: Callable[[], dict[str, Any]]) -
         return {"archive": counts, **runtime_status()}
 
     app.include_router(admin_router(archive))
+    app.include_router(dicomweb_router(archive, intake))
     return app

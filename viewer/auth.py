@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -81,3 +82,21 @@ def caller(
         ) from None
     client = request.client.host if request.client else ""
     return Caller(str(claims["sub"]), str(claims.get("role", "")), client)
+
+
+# Who may do what over HTTP; research roles (issue 9) read only their project's archive.
+CLINICAL_READERS = frozenset({"clinician", "radiologist", "radiology-admin", "epr"})
+UPLOADERS = frozenset({"radiologist", "radiology-admin", "epr", "modality", "integration"})
+
+
+def requires(roles: frozenset[str], what: str) -> Callable[[Caller], Caller]:
+    """A dependency that lets through only tokens whose role is in `roles`."""
+
+    def check(who: Annotated[Caller, Depends(caller)]) -> Caller:
+        if who.role not in roles:
+            raise HTTPException(
+                403, f"{what} needs one of the roles {sorted(roles)}; the token has {who.role!r}"
+            )
+        return who
+
+    return check

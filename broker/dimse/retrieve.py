@@ -15,8 +15,7 @@ from broker.dimse.access import AccessPolicy, Action
 from broker.dimse.contexts import sub_operation_contexts
 from broker.dimse.find import IDENTIFIER_MISMATCH, query_level
 from broker.dimse.store import NOT_AUTHORISED, status
-from broker.dimse.transcode import fit_to_peer
-from storage import audit, outbound
+from storage import audit, outbound, transcode
 from storage.archive import Archive
 from storage.models import Instance
 from storage.objects import ObjectNotFound, ObjectStoreError
@@ -127,7 +126,7 @@ class RetrieveHandler:
             if ds is None:
                 yield 0xFF00, _placeholder(inst)
                 continue
-            yield 0xFF00, fit_to_peer(ds, sub_assoc[0].accepted_contexts if sub_assoc else [])
+            yield 0xFF00, transcode.fit(ds, _syntaxes_for(ds, sub_assoc[0] if sub_assoc else None))
 
     def _load(self, inst: Instance, pm: PatientModule) -> Dataset | None:
         try:
@@ -135,6 +134,18 @@ class RetrieveHandler:
         except (ObjectNotFound, ObjectStoreError) as e:
             log.error("cannot read %s for retrieve: %s", inst.object_key, e)
             return None
+
+
+def _syntaxes_for(ds: Dataset, assoc: Association | None) -> list[str]:
+    """The transfer syntaxes the peer accepted for this object's SOP class."""
+    if assoc is None:
+        return []
+    sop_class = str(ds.SOPClassUID)
+    return [
+        str(cx.transfer_syntax[0])
+        for cx in assoc.accepted_contexts
+        if str(cx.abstract_syntax) == sop_class
+    ]
 
 
 def _placeholder(inst: Instance) -> Dataset:

@@ -1,6 +1,6 @@
-"""Fit a stored object to what a retrieve peer accepted: as stored, else decoded.
+"""Fit a stored object to the transfer syntaxes a reader takes: as stored, else decoded.
 
-Decoding keeps the SOP Instance UID: the peer asked for that object, in a syntax it can read.
+Decoding keeps the SOP Instance UID: the reader asked for that object, in a syntax it can read.
 """
 
 from __future__ import annotations
@@ -10,21 +10,17 @@ from collections.abc import Iterable
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian
-from pynetdicom.presentation import PresentationContext
 
 log = logging.getLogger("pacsbroker.retrieve")
 
 
-def fit_to_peer(ds: Dataset, accepted: Iterable[PresentationContext]) -> Dataset:
-    """Return `ds` as stored when the peer can take it; else decompress it, or turn big endian
+def fit(ds: Dataset, offered: Iterable[str]) -> Dataset:
+    """Return `ds` as stored when its syntax is offered; else decompress it, or turn big endian
     into explicit little endian (pynetdicom converts among the little-endian syntaxes itself)."""
     ts = UID(ds.file_meta.TransferSyntaxUID)
-    sop_class = str(ds.SOPClassUID)
-    offered = {
-        UID(cx.transfer_syntax[0]) for cx in accepted if str(cx.abstract_syntax) == sop_class
-    }
-    little = {t for t in offered if not t.is_compressed and t != ExplicitVRBigEndian}
-    if ts in offered or not little or (ts.is_little_endian and not ts.is_compressed):
+    accepted = {UID(t) for t in offered}
+    little = {t for t in accepted if not t.is_compressed and t != ExplicitVRBigEndian}
+    if ts in accepted or not little or (ts.is_little_endian and not ts.is_compressed):
         return ds
     try:
         if ts.is_compressed:
@@ -32,10 +28,10 @@ def fit_to_peer(ds: Dataset, accepted: Iterable[PresentationContext]) -> Dataset
         else:
             _to_little_endian(ds)
     except Exception as e:
-        # Sent as stored, the sub-operation fails and is counted; the others go on.
-        log.error("cannot convert %s from %s for the peer: %s", ds.SOPInstanceUID, ts.name, e)
+        # Sent as stored, the transfer fails and is counted; the others go on.
+        log.error("cannot convert %s from %s for the reader: %s", ds.SOPInstanceUID, ts.name, e)
         return ds
-    log.info("converted %s from %s for a peer without that syntax", ds.SOPInstanceUID, ts.name)
+    log.info("converted %s from %s for a reader without that syntax", ds.SOPInstanceUID, ts.name)
     return ds
 
 

@@ -1,0 +1,279 @@
+"""DICOMweb against a real broker: QIDO-RS, WADO-RS (retrieve, metadata, bulk data, frames),
+STOW-RS, access control, and Orthanc's DICOMweb plugin as an independent client."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pydicom import dcmread
+from pydicom.filereader import read_file_meta_info
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from python_multipart import MultipartParser
+from sqlalchemy import select
+
+from storage.archive import Archive
+from storage.models import AuditEvent
+from tests.conftest import SAMPLES, Broker
+from tests.dciodvfy import errors as dciodvfy_errors
+from tests.dcmtk import storescu
+from tests.orthanc import Orthanc
+from tests.test_dimse import by_syntax, same_object, wait_instances
+
+ALL = sorted(SAMPLES.rglob("*.dcm"))
+KARI_CT = sorted((SAMPLES / "kari-ct").glob("*.dcm"))
+ANY_SYNTAX = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+
+
+def token(b: Broker, role: str, user: str = "dr-test") -> str:
+    return b.cli("token", "--user", user, "--role", role).stdout.strip()
+
+
+def client(b: Broker, role: str = "clinician") -> httpx.Client:
+    return httpx.Client(
+        base_url=f"http://127.0.0.1:{b.http_port}/dicomweb",
+        headers={"Authorization": f"Bearer {token(b, role)}"},
+        timeout=60,
+    )
+
+
+def multipart(resp: httpx.Response) -> list[tuple[str, bytes]]:
+    """Split a multipart/related body with an independent parser (python-multipart)."""
+    ctype = resp.headers["content-type"]
+    assert ctype.startswith("multipart/related"), ctype
+    boundary = next(
+        p.split("=", 1)[1].strip('"') for p in ctype.split(";") if p.strip().startswith("boundary")
+    )
+    parts: list[tuple[str, bytes]] = []
+    current: dict[str, Any] = {}
+
+    def begin() -> None:
+        current.update(headers=b"", data=bytearray())
+
+    def header(data: bytes, s: int, e: int) -> None:
+        current["headers"] += data[s:e] + b"\n"
+
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_part_begin": begin,
+            "on_header_field": header,
+            "on_header_value": header,
+            "on_part_data": lambda d, s, e: current["data"].extend(d[s:e]),
+            "on_part_end": lambda: parts.append(
+                (current["headers"].decode(), bytes(current["data"]))
+            ),
+        },
+    )
+    parser.write(resp.content)
+    parser.finalize()
+    return parts
+
+
+def stow_body(files: list[bytes]) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    chunks = [
+        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + f + b"\r\n"
+        for f in files
+    ]
+    body = b"".join(chunks) + f"--{boundary}--\r\n".encode()
+    return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
+
+
+def renumbered(src: Path, study: str) -> bytes:
+    """A sample copied into another study with fresh UIDs, as a new upload would be."""
+    ds = dcmread(src)
+    ds.StudyInstanceUID = study
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    out = BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+@pytest.fixture
+def loaded(broker_factory) -> Broker:
+    b = broker_factory().start()
+    send(b, SAMPLES)
+    wait_instances(b, len(ALL))
+    return b
+
+
+def send(b: Broker, root: Path) -> None:
+    for ts, files in by_syntax(root).items():
+        assert storescu(b.dicom_port, files, ts).returncode == 0
+
+
+def test_qido_wado_metadata_frames_and_access(loaded: Broker, tmp_path: Path) -> None:
+    b = loaded
+    kari = dcmread(KARI_CT[0], stop_before_pixels=True)
+    study = str(kari.StudyInstanceUID)
+    with client(b) as web:
+        studies = web.get("/studies").json()
+        assert len(studies) == len({str(dcmread(p).StudyInstanceUID) for p in ALL})
+        found = web.get("/studies", params={"PatientID": kari.PatientID}).json()
+        assert [s["0020000D"]["Value"][0] for s in found] == [study]
+        assert found[0]["00100010"]["Value"][0]["Alphabetic"] == str(kari.PatientName)
+        assert found[0]["00201208"]["Value"][0] == len(KARI_CT)
+        assert found[0]["00081190"]["Value"][0].endswith(f"/dicomweb/studies/{study}")
+        assert web.get("/studies", params={"PatientName": "nobody*"}).json() == []
+        page = web.get("/studies", params={"limit": 1, "offset": 1}).json()
+        assert len(page) == 1 and page[0] != studies[0]
+
+        series = web.get(f"/studies/{study}/series").json()
+        assert len(series) == len({str(dcmread(p).SeriesInstanceUID) for p in KARI_CT})
+        one = series[0]["0020000E"]["Value"][0]
+        insts = web.get(f"/studies/{study}/series/{one}/instances").json()
+        assert all(i["0020000E"]["Value"][0] == one for i in insts)
+        full = web.get(f"/studies/{study}/instances", params={"includefield": "all"}).json()
+        assert all("00180050" in i or "00280010" in i for i in full)  # stored attributes
+        assert web.get("/studies", params={"NoSuchKeyword": "x"}).status_code == 400
+
+        # WADO-RS retrieve, as stored: every data set as archived from the C-STORE
+        resp = web.get(f"/studies/{study}", headers={"Accept": ANY_SYNTAX})
+        assert resp.status_code == 200
+        got = {dcmread_bytes(body).SOPInstanceUID: body for _, body in multipart(resp)}
+        assert len(got) == len(KARI_CT)
+        for p in KARI_CT:
+            out = tmp_path / p.name
+            out.write_bytes(got[dcmread(p).SOPInstanceUID])
+            same_object(p, out)
+
+        # default Accept: explicit VR little endian, pixels equal to the original's
+        originals = {str(dcmread(p).SOPInstanceUID): p for p in KARI_CT}
+        resp = web.get(f"/studies/{study}")
+        for _, body in multipart(resp):
+            ds = dcmread_bytes(body)
+            assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+            original = dcmread(originals[ds.SOPInstanceUID])
+            assert (ds.pixel_array == original.pixel_array).all()
+            converted = tmp_path / f"elvr-{ds.SOPInstanceUID}.dcm"
+            converted.write_bytes(body)
+            assert dciodvfy_errors(converted) == []
+        assert (
+            web.get(f"/studies/{study}", headers={"Accept": "application/json"}).status_code == 406
+        )
+        assert web.get("/studies/1.2.3.4").status_code == 404
+
+        # metadata from the index, with bulk data and frames that match the object
+        native = next(
+            p for p in KARI_CT if read_file_meta_info(p).TransferSyntaxUID == ExplicitVRLittleEndian
+        )
+        ds = dcmread(native)
+        path = f"/studies/{study}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+        (meta,) = web.get(f"{path}/metadata").json()
+        assert meta["00080018"]["Value"][0] == ds.SOPInstanceUID
+        bulk_uri = meta["7FE00010"]["BulkDataURI"]
+        bulk = web.get(bulk_uri.split("/dicomweb", 1)[1])
+        assert multipart(bulk)[0][1] == ds.PixelData
+        frame = multipart(web.get(f"{path}/frames/1"))
+        assert frame[0][1] == ds.PixelData
+        assert web.get(f"{path}/frames/9").status_code == 404
+
+    # security: no token, a forged token, a role without clinical access
+    base = f"http://127.0.0.1:{b.http_port}/dicomweb"
+    assert httpx.get(f"{base}/studies").status_code == 401
+    forged = {"Authorization": "Bearer " + token(b, "clinician")[:-4] + "AAAA"}
+    assert httpx.get(f"{base}/studies", headers=forged).status_code == 401
+    with client(b, role="research-project-7") as research:
+        assert research.get("/studies").status_code == 403
+
+    archive = Archive(b.settings())
+    try:
+        with archive.sessions() as session:
+            reads = session.scalars(
+                select(AuditEvent).where(
+                    AuditEvent.action == "dicomweb.retrieve", AuditEvent.study_uid == study
+                )
+            ).all()
+    finally:
+        archive.close()
+    assert reads and all(
+        e.actor == "dr-test" and e.patient_id == kari.PatientID and e.source for e in reads
+    )
+
+
+def dcmread_bytes(body: bytes) -> Any:
+    return dcmread(BytesIO(body))
+
+
+def test_stow_rs_stores_reports_and_refuses(broker_factory) -> None:
+    b = broker_factory({"PACSBROKER_STOW_MAX_MB": "1"}).start()
+    study = generate_uid()
+    good = [renumbered(p, study) for p in KARI_CT[:2]]
+    with client(b, role="epr") as web:
+        body, ctype = stow_body(good)
+        r = web.post(f"/studies/{study}", content=body, headers={"Content-Type": ctype})
+        assert r.status_code == 200, r.text
+        refs = r.json()["00081199"]["Value"]
+        assert len(refs) == 2 and all("00081190" in x for x in refs)
+
+        body, ctype = stow_body([renumbered(KARI_CT[2], study), b"not dicom at all" * 20])
+        r = web.post("/studies", content=body, headers={"Content-Type": ctype})
+        assert r.status_code == 202
+        assert r.json()["00081198"]["Value"][0]["00081197"]["Value"][0] == 0xC000
+
+        other = renumbered(KARI_CT[3], generate_uid())
+        body, ctype = stow_body([other])
+        r = web.post(f"/studies/{study}", content=body, headers={"Content-Type": ctype})
+        assert r.status_code == 409
+        assert r.json()["00081198"]["Value"][0]["00081197"]["Value"][0] == 0xA900
+
+        r = web.post("/studies", content=b"x", headers={"Content-Type": "application/dicom"})
+        assert r.status_code == 415
+        body, ctype = stow_body([bytes(2 << 20)])
+        assert (
+            web.post("/studies", content=body, headers={"Content-Type": ctype}).status_code == 413
+        )
+
+    with client(b, role="clinician") as reader:
+        body, ctype = stow_body(good)
+        assert (
+            reader.post("/studies", content=body, headers={"Content-Type": ctype}).status_code
+            == 403
+        )
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            found = reader.get(f"/studies/{study}/instances").json()
+            if len(found) == 3:
+                break
+            time.sleep(0.3)
+        assert len(found) == 3  # the two good uploads and the good half of the mixed one
+
+
+def test_orthanc_is_a_dicomweb_client_of_the_broker(broker_factory, tmp_path: Path) -> None:
+    b = broker_factory().start()
+    send(b, SAMPLES / "kari-ct")
+    wait_instances(b, len(KARI_CT))
+    study = str(dcmread(KARI_CT[0]).StudyInstanceUID)
+    orthanc = Orthanc(tmp_path / "orthanc")
+    server = {
+        "Url": f"http://127.0.0.1:{b.http_port}/dicomweb/",
+        "HttpHeaders": {"Authorization": f"Bearer {token(b, 'radiologist', 'orthanc')}"},
+    }
+    orthanc.start(
+        {},
+        extra={
+            "Plugins": ["/usr/share/orthanc/plugins/libOrthancDicomWeb.so"],
+            "DicomWeb": {"Enable": True, "Servers": {"broker": server}},
+        },
+    )
+    try:
+        # QIDO-RS through Orthanc
+        answer = orthanc.post("/dicom-web/servers/broker/get", {"Uri": "/studies"})
+        assert [s["0020000D"]["Value"][0] for s in answer] == [study]
+        # WADO-RS retrieve into Orthanc: every instance arrives
+        orthanc.post("/dicom-web/servers/broker/retrieve", {"Resources": [{"Study": study}]})
+        assert len(orthanc.get("/instances")) == len(KARI_CT)
+        # STOW-RS from Orthanc: a new study uploaded to the broker
+        new_study = generate_uid()
+        uploaded = orthanc.upload_bytes(renumbered(KARI_CT[0], new_study))
+        orthanc.post("/dicom-web/servers/broker/stow", {"Resources": [uploaded["ID"]]})
+        wait_instances(b, len(KARI_CT) + 1)
+    finally:
+        orthanc.stop()

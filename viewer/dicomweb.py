@@ -1,0 +1,630 @@
+"""DICOMweb (PS3.18) under /dicomweb: QIDO-RS search, WADO-RS retrieve and metadata, STOW-RS.
+
+Search runs on the same matching engine as C-FIND and retrieve on the same outbound path as
+C-MOVE, so every way out shows the same objects with the same (current PAS) demographics.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+from pydicom import dcmread
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.uid import UID, ExplicitVRLittleEndian
+from python_multipart import MultipartParser
+from sqlalchemy.orm import Session
+
+from storage import audit, outbound
+from storage.archive import Archive
+from storage.dicomheader import InvalidObject
+from storage.intake import Intake
+from storage.models import Instance
+from storage.objects import ObjectNotFound, ObjectStoreError
+from storage.query import Level, Matcher, QueryError, keys_of, match, responses, tag_level
+from viewer.auth import CLINICAL_READERS, UPLOADERS, Caller, requires
+
+DICOM_JSON = "application/dicom+json"
+Reader = Annotated[Caller, Depends(requires(CLINICAL_READERS, "reading patient data"))]
+Uploader = Annotated[Caller, Depends(requires(UPLOADERS, "storing objects"))]
+_CONTROL = {"limit", "offset", "includefield", "fuzzymatching"}
+_DEFAULT_KEYS = {
+    Level.STUDY: [
+        "StudyDate",
+        "StudyTime",
+        "AccessionNumber",
+        "ModalitiesInStudy",
+        "ReferringPhysicianName",
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "StudyInstanceUID",
+        "StudyID",
+        "StudyDescription",
+        "NumberOfStudyRelatedSeries",
+        "NumberOfStudyRelatedInstances",
+        "InstanceAvailability",
+    ],
+    Level.SERIES: [
+        "StudyInstanceUID",
+        "Modality",
+        "SeriesDescription",
+        "SeriesNumber",
+        "SeriesInstanceUID",
+        "BodyPartExamined",
+        "NumberOfSeriesRelatedInstances",
+        "InstanceAvailability",
+    ],
+    Level.IMAGE: [
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "SOPClassUID",
+        "SOPInstanceUID",
+        "InstanceNumber",
+        "Rows",
+        "Columns",
+        "BitsAllocated",
+        "NumberOfFrames",
+        "InstanceAvailability",
+    ],
+}
+# PS3.4 status codes used as STOW-RS failure reasons.
+_CANNOT_UNDERSTAND = 0xC000
+_OUT_OF_RESOURCES = 0xA700
+_STUDY_MISMATCH = 0xA900
+_RETRIEVE_URL = 0x00081190
+_PIXEL_DATA = 0x7FE00010
+
+
+def _tag(key: str) -> int:
+    """A QIDO attribute given by keyword or by 8 hex digits."""
+    if len(key) == 8:
+        try:
+            return int(key, 16)
+        except ValueError:
+            pass
+    tag = tag_for_keyword(key)
+    if tag is None:
+        raise HTTPException(400, f"unknown attribute {key!r} (a keyword or 8 hex digits)")
+    return int(tag)
+
+
+def _element(tag: int, value: str | None) -> DataElement:
+    try:
+        vr = dictionary_VR(tag)
+    except KeyError:
+        raise HTTPException(400, f"attribute {tag:08X} is not in the data dictionary") from None
+    if vr == "SQ":
+        raise HTTPException(400, f"sequence attribute {tag:08X} cannot be matched or included")
+    if value is not None and vr == "UI":
+        value = value.replace(",", "\\")  # QIDO lists UIDs with commas, DICOM with backslashes
+    return DataElement(tag, vr, value)
+
+
+@dataclass
+class Search:
+    level: Level
+    identifier: Dataset
+    limit: int | None
+    offset: int
+    everything: bool
+
+
+def _search(request: Request, level: Level, parents: dict[str, str]) -> Search:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level.value
+    for keyword in _DEFAULT_KEYS[level]:
+        ds.add(_element(int(tag_for_keyword(keyword) or 0), None))
+    everything = False
+    params = request.query_params
+    for field in (f for raw in params.getlist("includefield") for f in raw.split(",")):
+        if field == "all":
+            everything = True
+        elif field:
+            ds.add(_element(_tag(field), None))
+    for key, value in params.multi_items():
+        if key in _CONTROL:
+            continue
+        ds.add(_element(_tag(key), value))
+    for keyword, uid in parents.items():
+        setattr(ds, keyword, uid)
+    try:
+        limit = int(params["limit"]) if "limit" in params else None
+        offset = int(params.get("offset", 0))
+    except ValueError:
+        raise HTTPException(400, "limit and offset are whole numbers") from None
+    if (limit is not None and limit < 0) or offset < 0:
+        raise HTTPException(400, "limit and offset cannot be negative")
+    return Search(level, ds, limit, offset, everything)
+
+
+def _study_url(base: str, study: str) -> str:
+    return f"{base}/studies/{study}"
+
+
+def _url(base: str, hit: Any, level: Level) -> str:
+    url = _study_url(base, hit.study.study_uid)
+    if level in (Level.SERIES, Level.IMAGE):
+        url += f"/series/{hit.series.series_uid}"
+    if level is Level.IMAGE:
+        url += f"/instances/{hit.instance.sop_uid}"
+    return url
+
+
+def _add_everything(ds: Dataset, hit: Any, level: Level) -> None:
+    """includefield=all: every stored attribute that belongs to the level or above it."""
+    depth = {Level.STUDY: 1, Level.SERIES: 2, Level.IMAGE: 3}
+    attrs = hit.attrs(level)
+    if attrs is None:
+        return
+    for elem in attrs:
+        if elem.tag in ds or elem.tag.is_private or elem.VR in ("OB", "OW", "UN", "SQ"):
+            continue
+        owner = tag_level(int(elem.tag))
+        if depth.get(owner, 0) <= depth[level]:
+            ds.add(elem)
+
+
+def _base(request: Request) -> str:
+    return str(request.base_url).rstrip("/") + "/dicomweb"
+
+
+@dataclass
+class Accepted:
+    syntaxes: set[str]
+
+
+def _accept_dicom(request: Request) -> Accepted:
+    """Which transfer syntaxes a WADO-RS retrieve may answer in, from the Accept header."""
+    header = request.headers.get("accept", "") or "*/*"
+    syntaxes: set[str] = set()
+    for entry in header.split(","):
+        media, *params = (p.strip() for p in entry.split(";"))
+        values = {
+            k.strip().lower(): v.strip().strip('"')
+            for k, _, v in (p.partition("=") for p in params)
+        }
+        wanted_type = values.get("type", "application/dicom")
+        if media in ("*/*", "multipart/*") or (
+            media == "multipart/related" and wanted_type == "application/dicom"
+        ):
+            syntaxes.add(values.get("transfer-syntax", ExplicitVRLittleEndian))
+    if not syntaxes:
+        raise HTTPException(
+            406, 'this resource is sent as multipart/related; type="application/dicom"'
+        )
+    return Accepted(syntaxes)
+
+
+def _multipart(parts: Iterator[tuple[str, bytes]], boundary: str) -> Iterator[bytes]:
+    for content_type, body in parts:
+        yield f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode()
+        yield body
+        yield b"\r\n"
+    yield f"--{boundary}--\r\n".encode()
+
+
+def _pixel_vr(transfer_syntax: str, header: Dataset) -> str:
+    if UID(transfer_syntax).is_compressed:
+        return "OB"
+    return "OW" if int(header.get("BitsAllocated", 8) or 8) > 8 else "OB"
+
+
+def _bulk_uri(instance_url: str) -> Callable[[DataElement], str]:
+    def uri(elem: DataElement) -> str:
+        return f"{instance_url}/bulk/{int(elem.tag):08X}"
+
+    return uri
+
+
+def _multipart_response(parts: Iterator[tuple[str, bytes]], kind: str) -> StreamingResponse:
+    boundary = uuid.uuid4().hex
+    return StreamingResponse(
+        _multipart(parts, boundary),
+        media_type=f'multipart/related; type="{kind}"; boundary={boundary}',
+    )
+
+
+class DicomWeb:
+    def __init__(self, archive: Archive, intake: Intake | None, stow_max_bytes: int) -> None:
+        self.archive = archive
+        self.intake = intake
+        self.stow_max_bytes = stow_max_bytes
+
+    # QIDO-RS
+
+    def search(
+        self, request: Request, who: Caller, level: Level, parents: dict[str, str]
+    ) -> Response:
+        q = _search(request, level, parents)
+        base = _base(request)
+        pn_ci = self.archive.settings.pn_case_insensitive
+        with self.archive.sessions() as session:
+            try:
+                hits = match(
+                    session,
+                    level,
+                    q.identifier,
+                    pn_case_insensitive=pn_ci,
+                    limit=q.limit,
+                    offset=q.offset,
+                )
+                answers = list(
+                    responses(
+                        session,
+                        level,
+                        hits,
+                        q.identifier,
+                        retrieve_ae=self.archive.settings.ae_title,
+                    )
+                )
+            except QueryError as e:
+                raise HTTPException(400, str(e)) from None
+            out = []
+            for hit, ds in zip(hits, answers, strict=True):
+                del ds.QueryRetrieveLevel
+                if q.everything:
+                    _add_everything(ds, hit, level)
+                ds.add(DataElement(_RETRIEVE_URL, "UR", _url(base, hit, level)))
+                out.append(ds.to_json_dict())
+            audit.record(
+                session,
+                actor=who.user,
+                role=who.role,
+                source=who.address,
+                action="dicomweb.search",
+                detail=f"{level.value.lower()} search, {len(out)} results: {request.url.query}",
+                patients=[
+                    (h.patient.patient_id, h.study.study_uid if h.study else "") for h in hits
+                ],
+            )
+            session.commit()
+        return Response(_json(out), media_type=DICOM_JSON)
+
+    # WADO-RS
+
+    def _select(
+        self, session: Session, study: str, series: str | None, sop: str | None
+    ) -> list[Instance]:
+        ids = Dataset()
+        ids.StudyInstanceUID = study
+        level = Level.STUDY
+        if series is not None:
+            ids.SeriesInstanceUID = series
+            level = Level.SERIES
+        if sop is not None:
+            ids.SOPInstanceUID = sop
+            level = Level.IMAGE
+        matcher = Matcher(level, keys_of(ids), pn_case_insensitive=False)
+        instances = outbound.instances_of(session, level, list(matcher.hits(session)))
+        if not instances:
+            what = "instance" if sop else "series" if series else "study"
+            raise HTTPException(404, f"no such {what} in the archive")
+        return instances
+
+    def _read(
+        self, who: Caller, action: str, study: str, series: str | None, sop: str | None
+    ) -> tuple[list[Instance], dict[int, Any], dict[int, str]]:
+        """The selected instances, their current patient modules and series UIDs; audited."""
+        with self.archive.sessions() as session:
+            instances = self._select(session, study, series, sop)
+            patients = outbound.patient_modules(session, instances)
+            series_of = {i.id: i.series.series_uid for i in instances}
+            audit.record(
+                session,
+                actor=who.user,
+                role=who.role,
+                source=who.address,
+                action=action,
+                detail=f"{len(instances)} instances of study {study}",
+                patients={(pm.patient_id, study) for pm in patients.values()},
+            )
+            session.commit()
+        return instances, patients, series_of
+
+    def retrieve(
+        self,
+        request: Request,
+        who: Caller,
+        study: str,
+        series: str | None = None,
+        sop: str | None = None,
+    ) -> StreamingResponse:
+        accepted = _accept_dicom(request)
+        instances, patients, _ = self._read(who, "dicomweb.retrieve", study, series, sop)
+        store = self.archive.store
+
+        def parts() -> Iterator[tuple[str, bytes]]:
+            for inst in instances:
+                try:
+                    body = outbound.part10(store, inst, patients[inst.id], accepted.syntaxes)
+                except (ObjectNotFound, ObjectStoreError):
+                    continue  # logged by the store; the client sees the part missing
+                ts = dcmread(BytesIO(body), stop_before_pixels=True).file_meta.TransferSyntaxUID
+                yield f"application/dicom; transfer-syntax={ts}", body
+
+        return _multipart_response(parts(), "application/dicom")
+
+    def metadata(
+        self,
+        request: Request,
+        who: Caller,
+        study: str,
+        series: str | None = None,
+        sop: str | None = None,
+    ) -> Response:
+        """From the index alone: the stored attributes up to the pixel data, current patient
+        module, and BulkDataURIs for every large binary value."""
+        instances, patients, series_of = self._read(who, "dicomweb.metadata", study, series, sop)
+        base = _base(request)
+        out = []
+        for inst in instances:
+            ds = outbound.indexed_header(inst, patients[inst.id])
+            url = f"{base}/studies/{study}/series/{series_of[inst.id]}/instances/{inst.sop_uid}"
+            item = ds.to_json_dict(
+                bulk_data_threshold=1024, bulk_data_element_handler=_bulk_uri(url)
+            )
+            if "Rows" in ds:  # an image: its pixel data was not indexed, but it is there
+                item[f"{_PIXEL_DATA:08X}"] = {
+                    "vr": _pixel_vr(inst.transfer_syntax, ds),
+                    "BulkDataURI": f"{url}/bulk/{_PIXEL_DATA:08X}",
+                }
+            out.append(item)
+        return Response(_json(out), media_type=DICOM_JSON)
+
+    def bulk(self, who: Caller, study: str, series: str, sop: str, tag: str) -> StreamingResponse:
+        instances, _, _ = self._read(who, "dicomweb.bulkdata", study, series, sop)
+        try:
+            value = outbound.bulk_value(self.archive.store, instances[0], int(tag, 16))
+        except ValueError:
+            raise HTTPException(404, f"instance has no bulk data {tag!r}") from None
+        except (ObjectNotFound, ObjectStoreError) as e:
+            raise HTTPException(503, f"object unreadable: {e}") from None
+        return _multipart_response(
+            iter([("application/octet-stream", value)]), "application/octet-stream"
+        )
+
+    def frames(
+        self, who: Caller, study: str, series: str, sop: str, numbers: str
+    ) -> StreamingResponse:
+        try:
+            wanted = [int(n) for n in numbers.split(",")]
+        except ValueError:
+            raise HTTPException(400, "frames are listed as 1-based numbers: 1,2,3") from None
+        instances, _, _ = self._read(who, "dicomweb.frames", study, series, sop)
+        try:
+            frames = outbound.frames(self.archive.store, instances[0], wanted)
+        except IndexError as e:
+            raise HTTPException(404, str(e)) from None
+        except ValueError as e:
+            raise HTTPException(406, str(e)) from None
+        except (ObjectNotFound, ObjectStoreError) as e:
+            raise HTTPException(503, f"object unreadable: {e}") from None
+        parts = (
+            (f"application/octet-stream; transfer-syntax={ExplicitVRLittleEndian}", f)
+            for f in frames
+        )
+        return _multipart_response(parts, "application/octet-stream")
+
+    # STOW-RS
+
+    async def store(self, request: Request, who: Caller, study: str | None) -> Response:
+        if self.intake is None:
+            raise HTTPException(503, "this server does not accept uploads (no spool)")
+        ctype = request.headers.get("content-type", "")
+        boundary = _boundary(ctype)
+        declared = int(request.headers.get("content-length", 0) or 0)
+        if declared > self.stow_max_bytes:
+            raise HTTPException(413, f"upload larger than STOW_MAX_MB ({self.stow_max_bytes} B)")
+        parts = await _read_parts(request, boundary, self.stow_max_bytes)
+        if not parts:
+            raise HTTPException(400, "the multipart body has no parts")
+        result = await run_in_threadpool(self._accept_parts, parts, who, study, _base(request))
+        return result
+
+    def _accept_parts(
+        self, parts: list[tuple[str, bytes]], who: Caller, study: str | None, base: str
+    ) -> Response:
+        assert self.intake is not None
+        stored: list[Dataset] = []
+        failed: list[Dataset] = []
+        for content_type, body in parts:
+            item = Dataset()
+            if content_type.split(";")[0].strip().lower() not in ("application/dicom", ""):
+                item.FailureReason = _CANNOT_UNDERSTAND
+                failed.append(item)
+                continue
+            try:
+                ident = self.intake.accept(
+                    body, source=f"STOW:{who.user}"[:64], address=who.address
+                )
+            except InvalidObject:
+                item.FailureReason = _CANNOT_UNDERSTAND
+                failed.append(item)
+                continue
+            except OSError:
+                item.FailureReason = _OUT_OF_RESOURCES
+                failed.append(item)
+                continue
+            item.ReferencedSOPClassUID = ident.sop_class_uid
+            item.ReferencedSOPInstanceUID = ident.sop_uid
+            if study is not None and ident.study_uid != study:
+                # spooled already (never drop clinical data) but reported as not in this study
+                item.FailureReason = _STUDY_MISMATCH
+                failed.append(item)
+                continue
+            item.add(
+                DataElement(
+                    _RETRIEVE_URL,
+                    "UR",
+                    f"{_study_url(base, ident.study_uid)}/series/{ident.series_uid}"
+                    f"/instances/{ident.sop_uid}",
+                )
+            )
+            stored.append(item)
+        answer = Dataset()
+        if study is not None:
+            answer.add(DataElement(_RETRIEVE_URL, "UR", _study_url(base, study)))
+        answer.ReferencedSOPSequence = stored
+        if failed:
+            answer.FailedSOPSequence = failed
+        status = 200 if not failed else 202 if stored else 409
+        return Response(_json(answer.to_json_dict()), status_code=status, media_type=DICOM_JSON)
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _boundary(content_type: str) -> str:
+    media, *params = (p.strip() for p in content_type.split(";"))
+    values = {
+        k.strip().lower(): v.strip().strip('"') for k, _, v in (p.partition("=") for p in params)
+    }
+    if media.lower() != "multipart/related" or not values.get("boundary"):
+        raise HTTPException(
+            415, 'STOW-RS takes multipart/related; type="application/dicom" with a boundary'
+        )
+    if values.get("type", "application/dicom").lower() != "application/dicom":
+        raise HTTPException(415, f"unsupported multipart type {values.get('type')!r}")
+    return values["boundary"]
+
+
+async def _read_parts(request: Request, boundary: str, limit: int) -> list[tuple[str, bytes]]:
+    """Parse the body as it streams in, refusing it once it passes `limit` bytes."""
+    parts: list[tuple[str, bytes]] = []
+    current: dict[str, Any] = {}
+    header: dict[str, bytes] = {"field": b"", "value": b""}
+
+    def on_part_begin() -> None:
+        current.clear()
+        current.update(headers={}, data=bytearray())
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        header["field"] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        header["value"] += data[start:end]
+
+    def on_header_end() -> None:
+        current["headers"][header["field"].decode("latin-1").lower()] = header["value"].decode(
+            "latin-1"
+        )
+        header["field"] = header["value"] = b""
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        current["data"] += data[start:end]
+
+    def on_part_end() -> None:
+        parts.append((current["headers"].get("content-type", ""), bytes(current["data"])))
+
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_part_begin": on_part_begin,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+        },
+    )
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise HTTPException(413, f"upload larger than STOW_MAX_MB ({limit} B)")
+        try:
+            parser.write(chunk)
+        except Exception as e:
+            raise HTTPException(400, f"malformed multipart body: {e}") from None
+    parser.finalize()
+    return parts
+
+
+def router(archive: Archive, intake: Intake | None) -> APIRouter:
+    web = DicomWeb(archive, intake, archive.settings.stow_max_mb << 20)
+    r = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
+
+    @r.get("/studies")
+    def search_studies(request: Request, who: Reader) -> Response:
+        return web.search(request, who, Level.STUDY, {})
+
+    @r.get("/series")
+    def search_all_series(request: Request, who: Reader) -> Response:
+        return web.search(request, who, Level.SERIES, {})
+
+    @r.get("/instances")
+    def search_all_instances(request: Request, who: Reader) -> Response:
+        return web.search(request, who, Level.IMAGE, {})
+
+    @r.get("/studies/{study}/series")
+    def search_series(request: Request, who: Reader, study: str) -> Response:
+        return web.search(request, who, Level.SERIES, {"StudyInstanceUID": study})
+
+    @r.get("/studies/{study}/instances")
+    def search_study_instances(request: Request, who: Reader, study: str) -> Response:
+        return web.search(request, who, Level.IMAGE, {"StudyInstanceUID": study})
+
+    @r.get("/studies/{study}/series/{series}/instances")
+    def search_instances(request: Request, who: Reader, study: str, series: str) -> Response:
+        parents = {"StudyInstanceUID": study, "SeriesInstanceUID": series}
+        return web.search(request, who, Level.IMAGE, parents)
+
+    @r.get("/studies/{study}")
+    def retrieve_study(request: Request, who: Reader, study: str) -> StreamingResponse:
+        return web.retrieve(request, who, study)
+
+    @r.get("/studies/{study}/series/{series}")
+    def retrieve_series(
+        request: Request, who: Reader, study: str, series: str
+    ) -> StreamingResponse:
+        return web.retrieve(request, who, study, series)
+
+    @r.get("/studies/{study}/series/{series}/instances/{sop}")
+    def retrieve_instance(
+        request: Request, who: Reader, study: str, series: str, sop: str
+    ) -> StreamingResponse:
+        return web.retrieve(request, who, study, series, sop)
+
+    @r.get("/studies/{study}/metadata")
+    def study_metadata(request: Request, who: Reader, study: str) -> Response:
+        return web.metadata(request, who, study)
+
+    @r.get("/studies/{study}/series/{series}/metadata")
+    def series_metadata(request: Request, who: Reader, study: str, series: str) -> Response:
+        return web.metadata(request, who, study, series)
+
+    @r.get("/studies/{study}/series/{series}/instances/{sop}/metadata")
+    def instance_metadata(
+        request: Request, who: Reader, study: str, series: str, sop: str
+    ) -> Response:
+        return web.metadata(request, who, study, series, sop)
+
+    @r.get("/studies/{study}/series/{series}/instances/{sop}/bulk/{tag}")
+    def bulk(who: Reader, study: str, series: str, sop: str, tag: str) -> StreamingResponse:
+        return web.bulk(who, study, series, sop, tag)
+
+    @r.get("/studies/{study}/series/{series}/instances/{sop}/frames/{numbers}")
+    def frames(who: Reader, study: str, series: str, sop: str, numbers: str) -> StreamingResponse:
+        return web.frames(who, study, series, sop, numbers)
+
+    @r.post("/studies")
+    async def store(request: Request, who: Uploader) -> Response:
+        return await web.store(request, who, None)
+
+    @r.post("/studies/{study}")
+    async def store_in_study(request: Request, who: Uploader, study: str) -> Response:
+        return await web.store(request, who, study)
+
+    return r
