@@ -277,3 +277,38 @@ def test_orthanc_is_a_dicomweb_client_of_the_broker(broker_factory, tmp_path: Pa
         wait_instances(b, len(KARI_CT) + 1)
     finally:
         orthanc.stop()
+
+
+def test_dicomweb_client_library_searches_retrieves_and_stores(loaded: Broker) -> None:
+    """dicomweb-client, an independent implementation of the client side of PS3.18."""
+    from dicomweb_client.api import DICOMwebClient
+
+    b = loaded
+    web = DICOMwebClient(
+        url=f"http://127.0.0.1:{b.http_port}/dicomweb",
+        headers={"Authorization": f"Bearer {token(b, 'radiologist')}"},
+    )
+    native = next(
+        p for p in KARI_CT if read_file_meta_info(p).TransferSyntaxUID == ExplicitVRLittleEndian
+    )
+    sent = dcmread(native)
+    study, series, sop = sent.StudyInstanceUID, sent.SeriesInstanceUID, sent.SOPInstanceUID
+    found = web.search_for_studies(search_filters={"PatientID": sent.PatientID})
+    assert [s["0020000D"]["Value"][0] for s in found] == [study]
+    assert len(web.search_for_instances(study_instance_uid=study)) == len(KARI_CT)
+
+    got = web.retrieve_instance(study, series, sop)
+    assert got.SOPInstanceUID == sop and got.PixelData == sent.PixelData
+    metadata = web.retrieve_study_metadata(study)
+    assert {m["00080018"]["Value"][0] for m in metadata} == {
+        str(dcmread(p).SOPInstanceUID) for p in KARI_CT
+    }
+    (frame,) = web.retrieve_instance_frames(study, series, sop, frame_numbers=[1])
+    assert frame == sent.PixelData
+
+    new_study = generate_uid()
+    upload = dcmread_bytes(renumbered(native, new_study))
+    answer = web.store_instances([upload])
+    assert answer.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == upload.SOPInstanceUID
+    wait_instances(b, len(ALL) + 1)
+    assert web.search_for_studies(search_filters={"StudyInstanceUID": new_study})
