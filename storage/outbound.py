@@ -70,9 +70,14 @@ def patient_modules(session: Session, instances: list[Instance]) -> dict[int, Pa
     return out
 
 
+def stored(store: ObjectStore, inst: Instance) -> Dataset:
+    """The object exactly as archived; raises ObjectStoreError if unreadable."""
+    return dcmread(BytesIO(store.get(inst.object_key)))
+
+
 def load(store: ObjectStore, inst: Instance, pm: PatientModule) -> Dataset:
     """The stored object with the current patient module; raises ObjectStoreError if unreadable."""
-    return apply_patient(dcmread(BytesIO(store.get(inst.object_key))), pm)
+    return apply_patient(stored(store, inst), pm)
 
 
 def part10(store: ObjectStore, inst: Instance, pm: PatientModule, syntaxes: set[str]) -> bytes:
@@ -106,7 +111,7 @@ def indexed_header(inst: Instance, pm: PatientModule) -> Dataset:
 
 def bulk_value(store: ObjectStore, inst: Instance, tag: int) -> bytes:
     """The raw value of one binary element (pixel data as stored: native or encapsulated)."""
-    ds = dcmread(BytesIO(store.get(inst.object_key)))
+    ds = stored(store, inst)
     if tag not in ds or not isinstance(ds[tag].value, bytes):
         raise ValueError(f"no binary element {tag:08X}")
     return bytes(ds[tag].value)
@@ -114,7 +119,7 @@ def bulk_value(store: ObjectStore, inst: Instance, tag: int) -> bytes:
 
 def frames(store: ObjectStore, inst: Instance, numbers: list[int]) -> list[bytes]:
     """Frames (1-based) as uncompressed little-endian pixel bytes."""
-    ds: Dataset = dcmread(BytesIO(store.get(inst.object_key)))
+    ds = stored(store, inst)
     if "PixelData" not in ds:
         raise IndexError("the instance has no pixel data")
     count = int(ds.get("NumberOfFrames", 1) or 1)

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
 from pydicom import dcmread
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -24,6 +25,7 @@ from tests.dciodvfy import errors as dciodvfy_errors
 from tests.dcmtk import storescu
 from tests.orthanc import Orthanc
 from tests.test_dimse import by_syntax, same_object, wait_instances
+from viewer.render import View, render
 
 ALL = sorted(SAMPLES.rglob("*.dcm"))
 KARI_CT = sorted((SAMPLES / "kari-ct").glob("*.dcm"))
@@ -174,6 +176,22 @@ def test_qido_wado_metadata_frames_and_access(loaded: Broker, tmp_path: Path) ->
         frame = multipart(web.get(f"{path}/frames/1"))
         assert frame[0][1] == ds.PixelData
         assert web.get(f"{path}/frames/9").status_code == 404
+
+        # rendered, as the viewer and the EPR show it
+        png = web.get(f"{path}/rendered", headers={"Accept": "image/png"})
+        assert png.headers["content-type"] == "image/png"
+        assert png.content == render(ds, View(fmt="png"))
+        jpeg = Image.open(BytesIO(web.get(f"{path}/frames/1/rendered").content))
+        assert jpeg.format == "JPEG" and jpeg.size == (ds.Columns, ds.Rows)
+        thumb = Image.open(
+            BytesIO(web.get(f"{path}/thumbnail", params={"viewport": "32,32"}).content)
+        )
+        assert max(thumb.size) == 32
+        lung = web.get(
+            f"{path}/rendered", params={"window": "lung"}, headers={"Accept": "image/png"}
+        )
+        assert lung.content != png.content
+        assert web.get(f"{path}/rendered", params={"window": "x"}).status_code == 400
 
     # security: no token, a forged token, a role without clinical access
     base = f"http://127.0.0.1:{b.http_port}/dicomweb"

@@ -32,6 +32,7 @@ from storage.models import Instance
 from storage.objects import ObjectNotFound, ObjectStoreError
 from storage.query import Level, Matcher, QueryError, keys_of, match, responses, tag_level
 from viewer.auth import CLINICAL_READERS, UPLOADERS, Caller, requires
+from viewer.render import MEDIA, RenderCache, RenderError, View, Window, render
 
 DICOM_JSON = "application/dicom+json"
 Reader = Annotated[Caller, Depends(requires(CLINICAL_READERS, "reading patient data"))]
@@ -227,6 +228,30 @@ def _bulk_uri(instance_url: str) -> Callable[[DataElement], str]:
     return uri
 
 
+def _view(request: Request, frame: int, thumbnail: bool) -> View:
+    """WADO-RS rendering parameters: Accept, window, viewport, quality."""
+    accept = request.headers.get("accept", "") or "image/jpeg"
+    fmt = next(
+        (f for f, media in MEDIA.items() if media in accept),
+        "jpeg" if ("*/*" in accept or "image/*" in accept) else "",
+    )
+    if not fmt:
+        raise HTTPException(406, "rendered images are image/jpeg or image/png")
+    params = request.query_params
+    try:
+        window = Window.parse(params["window"]) if "window" in params else None
+        viewport = params.get("viewport", "")
+        size = max(int(v) for v in viewport.split(",")[:2]) if viewport else None
+        quality = int(params.get("quality", 90))
+    except RenderError as e:
+        raise HTTPException(400, str(e)) from None
+    except ValueError:
+        raise HTTPException(400, "viewport is 'width,height'; quality is 1-100") from None
+    if thumbnail:
+        size = min(size or 128, 256)
+    return View(frame=frame, window=window, size=size, fmt=fmt, quality=max(1, min(quality, 100)))
+
+
 def _multipart_response(parts: Iterator[tuple[str, bytes]], kind: str) -> StreamingResponse:
     boundary = uuid.uuid4().hex
     return StreamingResponse(
@@ -237,6 +262,7 @@ def _multipart_response(parts: Iterator[tuple[str, bytes]], kind: str) -> Stream
 
 class DicomWeb:
     def __init__(self, archive: Archive, intake: Intake | None, stow_max_bytes: int) -> None:
+        self.cache = RenderCache(64 << 20)
         self.archive = archive
         self.intake = intake
         self.stow_max_bytes = stow_max_bytes
@@ -415,6 +441,32 @@ class DicomWeb:
             for f in frames
         )
         return _multipart_response(parts, "application/octet-stream")
+
+    def rendered(
+        self,
+        request: Request,
+        who: Caller,
+        ids: tuple[str, str, str],
+        frame: int = 1,
+        thumbnail: bool = False,
+    ) -> Response:
+        view = _view(request, frame, thumbnail)
+        instances, _, _ = self._read(who, "dicomweb.rendered", *ids)
+        return Response(self.render(instances[0], view), media_type=MEDIA[view.fmt])
+
+    def render(self, inst: Instance, view: View) -> bytes:
+        """A rendered frame, from the cache when it was rendered before."""
+        key = (inst.sop_uid, view)
+        image = self.cache.get(key)
+        if image is None:
+            try:
+                image = render(outbound.stored(self.archive.store, inst), view)
+            except RenderError as e:
+                raise HTTPException(406, str(e)) from None
+            except (ObjectNotFound, ObjectStoreError) as e:
+                raise HTTPException(503, f"object unreadable: {e}") from None
+            self.cache.put(key, image)
+        return image
 
     # STOW-RS
 
@@ -618,6 +670,20 @@ def router(archive: Archive, intake: Intake | None) -> APIRouter:
     @r.get("/studies/{study}/series/{series}/instances/{sop}/frames/{numbers}")
     def frames(who: Reader, study: str, series: str, sop: str, numbers: str) -> StreamingResponse:
         return web.frames(who, study, series, sop, numbers)
+
+    @r.get("/studies/{study}/series/{series}/instances/{sop}/rendered")
+    def rendered(request: Request, who: Reader, study: str, series: str, sop: str) -> Response:
+        return web.rendered(request, who, (study, series, sop))
+
+    @r.get("/studies/{study}/series/{series}/instances/{sop}/frames/{frame}/rendered")
+    def frame_rendered(
+        request: Request, who: Reader, study: str, series: str, sop: str, frame: int
+    ) -> Response:
+        return web.rendered(request, who, (study, series, sop), frame)
+
+    @r.get("/studies/{study}/series/{series}/instances/{sop}/thumbnail")
+    def thumbnail(request: Request, who: Reader, study: str, series: str, sop: str) -> Response:
+        return web.rendered(request, who, (study, series, sop), thumbnail=True)
 
     @r.post("/studies")
     async def store(request: Request, who: Uploader) -> Response:

@@ -1,0 +1,157 @@
+"""Render a DICOM image frame to JPEG or PNG the way a diagnostic viewer presents it.
+
+Modality LUT (rescale) first, then the VOI: an explicit window, else the object's first window,
+else its VOI LUT, else the full range of values; MONOCHROME1 is inverted so that it displays
+like MONOCHROME2. Colour images are shown in RGB (pydicom converts YBR on decoding).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+PRESETS = {
+    "soft-tissue": (40.0, 400.0),
+    "lung": (-600.0, 1500.0),
+    "bone": (400.0, 1800.0),
+    "brain": (40.0, 80.0),
+    "abdomen": (60.0, 400.0),
+    "mediastinum": (50.0, 350.0),
+}
+MEDIA = {"jpeg": "image/jpeg", "png": "image/png"}
+
+
+class RenderError(ValueError):
+    """The object cannot be shown as an image; the message says why."""
+
+
+@dataclass(frozen=True)
+class Window:
+    center: float
+    width: float
+
+    @classmethod
+    def parse(cls, text: str) -> Window:
+        """A preset name, or "center,width[,linear]" as in the WADO-RS `window` parameter."""
+        if text in PRESETS:
+            return cls(*PRESETS[text])
+        try:
+            center, width, *_ = (float(v) for v in text.split(",")[:2])
+        except ValueError:
+            raise RenderError(
+                f"window {text!r} is neither 'center,width' nor one of {sorted(PRESETS)}"
+            ) from None
+        if width < 1:
+            raise RenderError("window width must be at least 1")
+        return cls(center, width)
+
+
+@dataclass(frozen=True)
+class View:
+    frame: int = 1
+    window: Window | None = None
+    size: int | None = None
+    fmt: str = "jpeg"
+    quality: int = 90
+
+
+def _linear(values: np.ndarray, w: Window) -> np.ndarray:
+    """PS3.3 C.11.2.1.2.1 linear window, onto 0..1."""
+    out = (values - (w.center - 0.5)) / (w.width - 1) + 0.5
+    return np.clip(out, 0.0, 1.0)
+
+
+def _stretch(values: np.ndarray) -> np.ndarray:
+    lo, hi = float(values.min()), float(values.max())
+    return np.zeros_like(values, dtype=float) if hi <= lo else (values - lo) / (hi - lo)
+
+
+def _first(value: Any) -> float:
+    """The first of a possibly multi-valued DS (a file may carry several windows)."""
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        return float(value[0])
+    return float(value)
+
+
+def _grey(ds: Dataset, frame: np.ndarray, window: Window | None) -> np.ndarray:
+    values = np.asarray(apply_modality_lut(frame, ds), dtype=float)
+    if window is None and "WindowCenter" in ds and "WindowWidth" in ds:
+        window = Window(_first(ds.WindowCenter), max(_first(ds.WindowWidth), 1.0))
+    if window is not None:
+        unit = _linear(values, window)
+    elif "VOILUTSequence" in ds:
+        unit = _stretch(np.asarray(apply_voi_lut(values, ds), dtype=float))
+    else:
+        unit = _stretch(values)
+    if ds.get("PhotometricInterpretation") == "MONOCHROME1":
+        unit = 1.0 - unit
+    return np.rint(unit * 255.0).astype(np.uint8)
+
+
+def render(ds: Dataset, view: View) -> bytes:
+    """One frame as an encoded image."""
+    if "PixelData" not in ds:
+        raise RenderError("the object has no pixel data")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if not 1 <= view.frame <= frames:
+        raise RenderError(f"frame {view.frame} out of range: the object has {frames}")
+    try:
+        pixels = ds.pixel_array
+    except Exception as e:
+        raise RenderError(f"pixel data cannot be decoded: {e}") from None
+    frame = pixels[view.frame - 1] if frames > 1 else pixels
+    if int(ds.get("SamplesPerPixel", 1)) == 3:
+        rgb = frame if frame.dtype == np.uint8 else (_stretch(frame) * 255).astype(np.uint8)
+        image = Image.fromarray(rgb, "RGB")
+    else:
+        image = Image.fromarray(_grey(ds, frame, view.window), "L")
+    if view.size:
+        image.thumbnail((view.size, view.size), Image.Resampling.LANCZOS)
+    out = BytesIO()
+    if view.fmt == "png":
+        image.save(out, "PNG")
+    else:
+        image.save(out, "JPEG", quality=view.quality)
+    return out.getvalue()
+
+
+class RenderCache:
+    """Rendered images by (instance, view), least recently used first out, within a byte budget."""
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget = budget_bytes
+        self.used = 0
+        self._items: OrderedDict[tuple[str, View], bytes] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, key: tuple[str, View]) -> bytes | None:
+        with self._lock:
+            data = self._items.get(key)
+            if data is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return data
+
+    def put(self, key: tuple[str, View], data: bytes) -> None:
+        if len(data) > self.budget:
+            return
+        with self._lock:
+            old = self._items.pop(key, None)
+            self.used -= len(old) if old else 0
+            self._items[key] = data
+            self.used += len(data)
+            while self.used > self.budget:
+                _, evicted = self._items.popitem(last=False)
+                self.used -= len(evicted)
