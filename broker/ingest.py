@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from broker.pas.reconcile import Reconciler
-from storage import spool
+from storage import findings, spool
 from storage.archive import Archive, object_key, sha256_of
-from storage.catalog import Archived, file_instances, quarantine
+from storage.catalog import Archived, Outcome, file_instances, quarantine
 from storage.dicomheader import InvalidObject, parse
 from storage.objects import ObjectStoreError
 
@@ -212,6 +212,9 @@ class IngestWorker:
                 archived,
                 lambda s, h: self.reconciler.patient_for(s, h, decisions),
             )
+            for a, outcome in zip(archived, outcomes, strict=True):
+                if outcome is Outcome.STORED and findings.wanted(a.header.sop_class_uid):
+                    findings.index(session, a.header.dataset)
             for it in now_items:
                 if not it.archived:
                     quarantine(

@@ -202,3 +202,47 @@ class Hl7Message(Base):
     raw: Mapped[bytes] = mapped_column(LargeBinary)
     outcome: Mapped[str] = mapped_column(String(8))  # the MSA-1 code we answered
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class KeyImage(Base):
+    """An instance (and frames) a Key Object Selection document points at."""
+
+    __tablename__ = "key_images"
+    __table_args__ = (UniqueConstraint("kos_sop_uid", "sop_uid", name="uq_key_image"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kos_sop_uid: Mapped[str] = mapped_column(String(64), index=True)
+    study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    series_uid: Mapped[str] = mapped_column(String(64), default="")
+    sop_uid: Mapped[str] = mapped_column(String(64), index=True)
+    frames: Mapped[str] = mapped_column(String(200), default="")  # backslash-separated, 1-based
+    title_code: Mapped[str] = mapped_column(String(16), default="")
+    title_meaning: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Finding(Base):
+    """Finding text for the EPR: a KOS description or the text of an SR report."""
+
+    __tablename__ = "findings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "key-images" or "report"
+    title: Mapped[str] = mapped_column(String(64), default="")
+    text: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Rejection(Base):
+    """An instance an IHE IOCM rejection note withdrew: hidden from every clinical read."""
+
+    __tablename__ = "rejections"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    by_sop_uid: Mapped[str] = mapped_column(String(64), index=True)
+    code: Mapped[str] = mapped_column(String(16))
+    meaning: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -20,7 +20,7 @@ from storage.models import Instance, Patient, Series, Study
 from storage.objects import ObjectStore
 from storage.patientmodule import PatientModule, differences
 from storage.patientmodule import apply as apply_patient
-from storage.query import Level
+from storage.query import NOT_REJECTED, Level
 
 
 def instances_of(session: Session, level: Level, hits: list[Any]) -> list[Instance]:
@@ -43,7 +43,7 @@ def instances_of(session: Session, level: Level, hits: list[Any]) -> list[Instan
         )
     if not ids:
         return []
-    return list(session.scalars(stmt.order_by(Instance.series_fk, Instance.id)))
+    return list(session.scalars(stmt.where(NOT_REJECTED).order_by(Instance.series_fk, Instance.id)))
 
 
 def patient_modules(session: Session, instances: list[Instance]) -> dict[int, PatientModule]:

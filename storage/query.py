@@ -21,7 +21,7 @@ from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from storage.dicomheader import decode_attrs, normalise_time
-from storage.models import VISIBLE, Instance, Patient, Series, Study
+from storage.models import VISIBLE, Instance, Patient, Rejection, Series, Study
 
 
 class Level(StrEnum):
@@ -280,6 +280,10 @@ class Hit:
         return self._attrs[level]
 
 
+# Instances withdrawn by an IOCM rejection note are invisible to clinical reads.
+NOT_REJECTED = ~exists().where(Rejection.sop_uid == Instance.sop_uid)
+
+
 def _base_select(level: Level) -> Select[*tuple[Any, ...]]:
     """Quarantined and merged-away patients are invisible to every clinical query."""
     sel: Select[*tuple[Any, ...]]
@@ -295,6 +299,7 @@ def _base_select(level: Level) -> Select[*tuple[Any, ...]]:
             .join(Study.patient)
             .join(Study.series)
             .join(Series.instances)
+            .where(NOT_REJECTED)
         )
     return sel.where(Patient.status.in_(VISIBLE))
 
@@ -411,7 +416,7 @@ def _counts(session: Session, level: Level, ids: list[int]) -> dict[int, dict[st
             )
             .join(Study.series)
             .join(Series.instances)
-            .where(Study.patient_fk.in_(ids))
+            .where(Study.patient_fk.in_(ids), NOT_REJECTED)
             .group_by(Study.patient_fk)
         )
         for pid, st, se, inst in rows:
@@ -420,7 +425,7 @@ def _counts(session: Session, level: Level, ids: list[int]) -> dict[int, dict[st
         study_rows = session.execute(
             select(Series.study_fk, func.count(func.distinct(Series.id)), func.count(Instance.id))
             .join(Series.instances)
-            .where(Series.study_fk.in_(ids))
+            .where(Series.study_fk.in_(ids), NOT_REJECTED)
             .group_by(Series.study_fk)
         )
         for sid, se, inst in study_rows:
@@ -437,14 +442,14 @@ def _counts(session: Session, level: Level, ids: list[int]) -> dict[int, dict[st
             select(Series.study_fk, Instance.sop_class_uid)
             .distinct()
             .join(Series.instances)
-            .where(Series.study_fk.in_(ids))
+            .where(Series.study_fk.in_(ids), NOT_REJECTED)
             .order_by(Instance.sop_class_uid)
         ):
             out[sid].setdefault("sop_classes", []).append(cls)
     elif level is Level.SERIES:
         for sid, inst in session.execute(
             select(Instance.series_fk, func.count(Instance.id))
-            .where(Instance.series_fk.in_(ids))
+            .where(Instance.series_fk.in_(ids), NOT_REJECTED)
             .group_by(Instance.series_fk)
         ):
             out[sid]["instances"] = inst

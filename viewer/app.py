@@ -15,6 +15,9 @@ from storage.stats import archive_counts
 from viewer.admin import router as admin_router
 from viewer.auth import Caller, caller, signing_key
 from viewer.dicomweb import router as dicomweb_router
+from viewer.epr import install_link_errors
+from viewer.epr import router as epr_router
+from viewer.images import ImageService
 
 
 class Health(BaseModel):
@@ -47,5 +50,8 @@ def create_app(
         return {"archive": counts, **runtime_status()}
 
     app.include_router(admin_router(archive))
-    app.include_router(dicomweb_router(archive, intake))
+    images = ImageService(archive)
+    app.include_router(dicomweb_router(archive, images, intake))
+    app.include_router(epr_router(archive, images))
+    install_link_errors(app)
     return app

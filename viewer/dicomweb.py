@@ -32,7 +32,8 @@ from storage.models import Instance
 from storage.objects import ObjectNotFound, ObjectStoreError
 from storage.query import Level, Matcher, QueryError, keys_of, match, responses, tag_level
 from viewer.auth import CLINICAL_READERS, UPLOADERS, Caller, requires
-from viewer.render import MEDIA, RenderCache, RenderError, View, Window, render
+from viewer.images import ImageService
+from viewer.render import MEDIA, RenderError, View, Window
 
 DICOM_JSON = "application/dicom+json"
 Reader = Annotated[Caller, Depends(requires(CLINICAL_READERS, "reading patient data"))]
@@ -261,8 +262,10 @@ def _multipart_response(parts: Iterator[tuple[str, bytes]], kind: str) -> Stream
 
 
 class DicomWeb:
-    def __init__(self, archive: Archive, intake: Intake | None, stow_max_bytes: int) -> None:
-        self.cache = RenderCache(64 << 20)
+    def __init__(
+        self, archive: Archive, images: ImageService, intake: Intake | None, stow_max_bytes: int
+    ) -> None:
+        self.images = images
         self.archive = archive
         self.intake = intake
         self.stow_max_bytes = stow_max_bytes
@@ -452,21 +455,7 @@ class DicomWeb:
     ) -> Response:
         view = _view(request, frame, thumbnail)
         instances, _, _ = self._read(who, "dicomweb.rendered", *ids)
-        return Response(self.render(instances[0], view), media_type=MEDIA[view.fmt])
-
-    def render(self, inst: Instance, view: View) -> bytes:
-        """A rendered frame, from the cache when it was rendered before."""
-        key = (inst.sop_uid, view)
-        image = self.cache.get(key)
-        if image is None:
-            try:
-                image = render(outbound.stored(self.archive.store, inst), view)
-            except RenderError as e:
-                raise HTTPException(406, str(e)) from None
-            except (ObjectNotFound, ObjectStoreError) as e:
-                raise HTTPException(503, f"object unreadable: {e}") from None
-            self.cache.put(key, image)
-        return image
+        return self.images.response(instances[0], view)
 
     # STOW-RS
 
@@ -604,8 +593,8 @@ async def _read_parts(request: Request, boundary: str, limit: int) -> list[tuple
     return parts
 
 
-def router(archive: Archive, intake: Intake | None) -> APIRouter:
-    web = DicomWeb(archive, intake, archive.settings.stow_max_mb << 20)
+def router(archive: Archive, images: ImageService, intake: Intake | None) -> APIRouter:
+    web = DicomWeb(archive, images, intake, archive.settings.stow_max_mb << 20)
     r = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
 
     @r.get("/studies")

@@ -1,0 +1,169 @@
+"""Key findings in the EPR: KOS key images and rejection notes sent by storescu, the /epj/v1 API,
+signed links to the key-image page, and the audit trail of every read."""
+
+from __future__ import annotations
+
+import time
+from io import BytesIO
+from pathlib import Path
+
+import highdicom as hd
+import httpx
+import jwt
+import pytest
+from PIL import Image
+from pydicom import dcmread
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+from sqlalchemy import select
+
+from bench.data import files, one_study
+from storage.archive import Archive
+from storage.models import AuditEvent
+from tests.conftest import Broker
+from tests.dciodvfy import errors as dciodvfy_errors
+from tests.dcmtk import findscu, storescu
+from tests.test_dimse import wait_instances
+
+PATIENT = "BCT300"
+
+
+def kos(images: list[Path], title: object, out: Path, description: str | None = None) -> Path:
+    """A Key Object Selection document made by highdicom, as a workstation would send it."""
+    refs = [dcmread(p, stop_before_pixels=True) for p in images]
+    content = hd.ko.KeyObjectSelection(
+        document_title=title,  # type: ignore[arg-type]
+        referenced_objects=refs,
+        observer_person_context=hd.sr.ObserverContext(
+            observer_type=codes.DCM.Person,
+            observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(
+                name="Radiolog^Rita"
+            ),
+        ),
+        description=description,
+    )
+    doc = hd.ko.KeyObjectSelectionDocument(
+        evidence=refs,
+        content=content,
+        series_instance_uid=generate_uid(),
+        series_number=900,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="pacsbroker-test",
+    )
+    doc.save_as(out, enforce_file_format=True)
+    assert dciodvfy_errors(out) == []
+    return out
+
+
+@pytest.fixture
+def ct300(broker_factory, tmp_path: Path) -> tuple[Broker, list[Path]]:
+    b = broker_factory().start()
+    ct = files(one_study(tmp_path, "ct300", 300, 64))
+    assert storescu(b.dicom_port, ct).returncode == 0
+    wait_instances(b, len(ct))
+    return b, ct
+
+
+def api(b: Broker, role: str = "epr", user: str = "dips-epj") -> httpx.Client:
+    tok = b.cli("token", "--user", user, "--role", role).stdout.strip()
+    return httpx.Client(
+        base_url=f"http://127.0.0.1:{b.http_port}/epj/v1",
+        headers={"Authorization": f"Bearer {tok}"},
+        timeout=60,
+    )
+
+
+def test_kos_key_images_reach_the_epr_and_rejections_hide(
+    ct300: tuple[Broker, list[Path]], tmp_path: Path
+) -> None:
+    b, ct = ct300
+    keys = [ct[41], ct[187]]
+    note = kos(keys, codes.DCM.ForReferringProvider, tmp_path / "kos.dcm", "Lesjon i segment 7")
+    assert storescu(b.dicom_port, [note]).returncode == 0
+    wait_instances(b, len(ct) + 1)
+    study = str(dcmread(ct[0]).StudyInstanceUID)
+
+    with api(b) as epj:
+        listing = epj.get(f"/patients/{PATIENT}/studies").json()
+        (st,) = listing["studies"]
+        assert st["study_uid"] == study and st["key_image_count"] == 2
+        assert {k["sop_uid"] for k in st["key_images"]} == {
+            str(dcmread(p).SOPInstanceUID) for p in keys
+        }
+        assert "Lesjon i segment 7" in st["finding_text"]
+        assert st["key_images"][0]["title"] == "For Referring Provider"
+        image = epj.get(st["key_images"][0]["image_url"].split("/epj/v1", 1)[1])
+        assert image.headers["content-type"] == "image/jpeg"
+        assert Image.open(BytesIO(image.content)).size == (64, 64)
+        assert epj.get("/patients/NOBODY/studies").status_code == 404
+
+    rejected = ct[5]
+    withdrawal = kos([rejected], codes.DCM.RejectedForQualityReasons, tmp_path / "rej.dcm")
+    assert storescu(b.dicom_port, [withdrawal]).returncode == 0
+    wait_instances(b, len(ct) + 2)
+    sop = str(dcmread(rejected).SOPInstanceUID)
+    answer = findscu(
+        b.dicom_port,
+        {"QueryRetrieveLevel": "IMAGE", "StudyInstanceUID": study, "SOPInstanceUID": sop},
+    )
+    assert answer == []
+    qido = httpx.get(
+        f"http://127.0.0.1:{b.http_port}/dicomweb/studies/{study}/instances",
+        headers={
+            "Authorization": f"Bearer {b.cli('token', '--user', 'dr', '--role', 'clinician').stdout.strip()}"
+        },
+    ).json()
+    shown = {i["00080018"]["Value"][0] for i in qido}
+    assert sop not in shown and str(dcmread(withdrawal).SOPInstanceUID) not in shown
+    assert len(shown) == len(ct) - 1 + 1  # the other CT images and the key-image KOS
+
+
+def test_signed_links_open_the_key_image_page_and_expire(
+    ct300: tuple[Broker, list[Path]], tmp_path: Path
+) -> None:
+    b, ct = ct300
+    note = kos([ct[10], ct[20]], codes.DCM.ForReferringProvider, tmp_path / "kos.dcm", "Funn")
+    assert storescu(b.dicom_port, [note]).returncode == 0
+    wait_instances(b, len(ct) + 1)
+    with api(b) as epj:
+        r = epj.post("/links", json={"clinician": "lege-lise", "patient_id": PATIENT})
+        assert r.status_code == 200, r.text
+        url = r.json()["url"]
+        bad = epj.post(
+            "/links", json={"clinician": "x", "patient_id": PATIENT, "ttl_seconds": 99999}
+        )
+        assert bad.status_code == 422
+    page = httpx.get(url)  # the link alone is the credential: no bearer token
+    assert page.status_code == 200 and "Funn" in page.text
+    images = [part.split('"', 1)[0] for part in page.text.split('<img src="')[1:]]
+    assert len(images) == 2
+    shown = httpx.get(images[0].replace("&amp;", "&"))
+    assert shown.status_code == 200 and shown.headers["content-type"] == "image/jpeg"
+
+    key = (b.data_dir / "keys" / "signing.key").read_bytes()
+    claims = jwt.decode(
+        url.rsplit("/", 1)[1], key, algorithms=["HS256"], audience="pacsbroker-epr-link"
+    )
+    expired = jwt.encode({**claims, "exp": int(time.time()) - 5}, key, algorithm="HS256")
+    base = url.rsplit("/", 1)[0]
+    gone = httpx.get(f"{base}/{expired}")
+    assert gone.status_code == 401 and "utløpt" in gone.text and "<img" not in gone.text
+    assert httpx.get(f"{base}/{expired}/images/x/y").status_code == 401
+    forged = jwt.encode(claims, b"not-the-key" * 3, algorithm="HS256")
+    assert httpx.get(f"{base}/{forged}?lang=en").status_code == 401
+    other = jwt.encode({**claims, "pid": claims["pid"] + 999}, key, algorithm="HS256")
+    assert httpx.get(images[0].replace(url.rsplit("/", 1)[1], other)).status_code == 403
+
+    archive = Archive(b.settings())
+    try:
+        with archive.sessions() as session:
+            events = session.scalars(
+                select(AuditEvent).where(AuditEvent.action.like("epr.%"))
+            ).all()
+    finally:
+        archive.close()
+    seen = {(e.action, e.actor) for e in events}
+    assert ("epr.key-image-page", "lege-lise") in seen and ("epr.image", "lege-lise") in seen
+    assert any(a.startswith("epr.link-issued") and u == "dips-epj" for a, u in seen)
+    assert all(e.patient_id == PATIENT for e in events)

@@ -1,0 +1,343 @@
+"""The EPR (EPJ) API under /epj/v1: a patient's studies with their key findings, key images,
+and signed short-lived links that open the key-image page for one named clinician."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import jwt
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from storage import audit, registry
+from storage.archive import Archive
+from storage.demographics import Identifier
+from storage.models import VISIBLE, Finding, Instance, KeyImage, Patient, Series, Study
+from storage.query import NOT_REJECTED
+from viewer import pages
+from viewer.auth import Caller, requires
+from viewer.images import ImageService
+from viewer.render import RenderError, View, Window
+
+EPR_ROLES = frozenset({"epr", "clinician", "radiologist", "radiology-admin"})
+Epr = Annotated[Caller, Depends(requires(EPR_ROLES, "the EPR API"))]
+LINK_AUDIENCE = "pacsbroker-epr-link"
+MAX_LINK_TTL = 3600
+
+
+class KeyImageOut(BaseModel):
+    series_uid: str
+    sop_uid: str
+    frame: int = Field(description="1-based frame to show")
+    title: str = Field(description="KOS document title, e.g. 'For Referring Provider'")
+    image_url: str
+
+
+class StudyOut(BaseModel):
+    study_uid: str
+    date: str = Field(description="YYYYMMDD")
+    time: str
+    modalities: list[str]
+    description: str
+    accession_number: str
+    finding_text: str = Field(description="From KOS descriptions and SR reports in the study")
+    key_image_count: int
+    key_images: list[KeyImageOut]
+
+
+class PatientStudies(BaseModel):
+    patient_id: str
+    name: str
+    birth_date: str
+    sex: str
+    studies: list[StudyOut] = Field(description="Newest first")
+
+
+class LinkRequest(BaseModel):
+    clinician: str = Field(min_length=1, max_length=128, description="Who will open the link")
+    patient_id: str = Field(min_length=1, max_length=64)
+    system: str = Field(default="", description="Identifier system URI, if ambiguous")
+    study_uid: str | None = Field(default=None, description="Limit the link to this study")
+    ttl_seconds: int = Field(default=300, ge=10, le=MAX_LINK_TTL)
+
+
+class LinkOut(BaseModel):
+    url: str
+    expires_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class Scope:
+    clinician: str
+    patient_fk: int
+    study_uid: str
+
+
+def _patient(session: Session, patient_id: str, system: str) -> Patient:
+    patient = registry.find(session, Identifier(system, patient_id))
+    if patient is None or patient.status not in VISIBLE:
+        raise HTTPException(404, "no such patient in the archive")
+    return patient
+
+
+def studies_of(
+    session: Session, patient: Patient, base: str, only_study: str = ""
+) -> list[StudyOut]:
+    """The patient's studies, newest first, each with its key images and finding text."""
+    stmt = select(Study).where(Study.patient_fk == patient.id)
+    if only_study:
+        stmt = stmt.where(Study.study_uid == only_study)
+    studies = list(session.scalars(stmt.order_by(Study.study_date.desc(), Study.study_time.desc())))
+    out = []
+    for st in studies:
+        modalities = sorted(
+            {
+                m
+                for m in session.scalars(select(Series.modality).where(Series.study_fk == st.id))
+                if m
+            }
+        )
+        keys = session.execute(
+            select(KeyImage)
+            .join(Instance, Instance.sop_uid == KeyImage.sop_uid)
+            .where(KeyImage.study_uid == st.study_uid, NOT_REJECTED)
+            .order_by(KeyImage.id)
+        ).scalars()
+        seen: dict[str, KeyImageOut] = {}
+        for k in keys:
+            frame = int(k.frames.split("\\")[0]) if k.frames else 1
+            seen.setdefault(
+                k.sop_uid,
+                KeyImageOut(
+                    series_uid=k.series_uid,
+                    sop_uid=k.sop_uid,
+                    frame=frame,
+                    title=k.title_meaning,
+                    image_url=f"{base}/studies/{st.study_uid}/key-images/{k.sop_uid}"
+                    f"/image?frame={frame}",
+                ),
+            )
+        texts = session.scalars(
+            select(Finding.text).where(Finding.study_uid == st.study_uid).order_by(Finding.id)
+        )
+        out.append(
+            StudyOut(
+                study_uid=st.study_uid,
+                date=st.study_date,
+                time=st.study_time,
+                modalities=modalities,
+                description=st.description,
+                accession_number=st.accession_number,
+                finding_text="\n\n".join(t for t in texts if t),
+                key_image_count=len(seen),
+                key_images=list(seen.values()),
+            )
+        )
+    return out
+
+
+def _view(frame: int, window: str | None, size: int | None, fmt: str) -> View:
+    try:
+        return View(
+            frame=frame,
+            window=Window.parse(window) if window else None,
+            size=size,
+            fmt="png" if fmt == "png" else "jpeg",
+        )
+    except RenderError as e:
+        raise HTTPException(400, str(e)) from None
+
+
+class Epj:
+    def __init__(self, archive: Archive, images: ImageService) -> None:
+        self.archive = archive
+        self.images = images
+
+    def _audit(
+        self, session: Session, who: Caller, action: str, patient: Patient, studies: list[str]
+    ) -> None:
+        audit.record(
+            session,
+            actor=who.user,
+            role=who.role,
+            source=who.address,
+            action=action,
+            patients=[(patient.patient_id, s) for s in studies] or [(patient.patient_id, "")],
+        )
+
+    def patient_studies(
+        self, request: Request, who: Caller, patient_id: str, system: str
+    ) -> PatientStudies:
+        with self.archive.sessions() as session:
+            patient = _patient(session, patient_id, system)
+            studies = studies_of(session, patient, _base(request))
+            self._audit(session, who, "epr.studies", patient, [s.study_uid for s in studies])
+            session.commit()
+            return PatientStudies(
+                patient_id=patient.patient_id,
+                name=patient.name,
+                birth_date=patient.birth_date,
+                sex=patient.sex,
+                studies=studies,
+            )
+
+    def instance(
+        self, who: Caller, study_uid: str, sop_uid: str, scope: Scope | None = None
+    ) -> Instance:
+        with self.archive.sessions() as session:
+            row = session.execute(
+                select(Instance, Patient)
+                .join(Instance.series)
+                .join(Series.study)
+                .join(Study.patient)
+                .where(
+                    Instance.sop_uid == sop_uid,
+                    Study.study_uid == study_uid,
+                    Patient.status.in_(VISIBLE),
+                    NOT_REJECTED,
+                )
+            ).first()
+            if row is None:
+                raise HTTPException(404, "no such image in the archive")
+            inst, patient = row
+            if scope is not None and (
+                patient.id != scope.patient_fk or (scope.study_uid and scope.study_uid != study_uid)
+            ):
+                raise HTTPException(403, "the link does not cover this image")
+            self._audit(session, who, "epr.image", patient, [study_uid])
+            session.commit()
+            return inst
+
+    def link(self, request: Request, who: Caller, body: LinkRequest) -> LinkOut:
+        with self.archive.sessions() as session:
+            patient = _patient(session, body.patient_id, body.system)
+            if body.study_uid:
+                owner = session.scalar(
+                    select(Study.patient_fk).where(Study.study_uid == body.study_uid)
+                )
+                if owner != patient.id:
+                    raise HTTPException(404, "the study is not this patient's")
+            self._audit(
+                session,
+                who,
+                f"epr.link-issued for {body.clinician}",
+                patient,
+                [body.study_uid or ""],
+            )
+            session.commit()
+            pid = patient.id
+        now = int(time.time())
+        claims = {
+            "aud": LINK_AUDIENCE,
+            "sub": body.clinician,
+            "pid": pid,
+            "study": body.study_uid or "",
+            "iss": who.user,
+            "iat": now,
+            "exp": now + body.ttl_seconds,
+        }
+        token = jwt.encode(claims, request.app.state.signing_key, algorithm="HS256")
+        return LinkOut(
+            url=f"{_base(request)}/open/{token}",
+            expires_at=dt.datetime.fromtimestamp(now + body.ttl_seconds, dt.UTC),
+        )
+
+    def scope(self, request: Request, token: str) -> Scope:
+        try:
+            claims = jwt.decode(
+                token,
+                request.app.state.signing_key,
+                algorithms=["HS256"],
+                audience=LINK_AUDIENCE,
+                options={"require": ["exp", "sub", "pid"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise pages.LinkError(
+                "Lenken er utløpt. Åpne den på nytt fra journalen.",
+                "The link has expired. Open it again from the patient record.",
+            ) from None
+        except jwt.InvalidTokenError:
+            raise pages.LinkError("Lenken er ugyldig.", "The link is not valid.") from None
+        return Scope(str(claims["sub"]), int(claims["pid"]), str(claims.get("study", "")))
+
+    def open_page(self, request: Request, token: str, lang: str) -> HTMLResponse:
+        scope = self.scope(request, token)
+        who = Caller(scope.clinician, "epr-link", request.client.host if request.client else "")
+        base = f"{_base(request)}/open/{token}"
+        with self.archive.sessions() as session:
+            patient = session.get(Patient, scope.patient_fk)
+            if patient is None or patient.status not in VISIBLE:
+                raise pages.LinkError("Pasienten finnes ikke.", "No such patient.")
+            studies = studies_of(session, patient, base, scope.study_uid)
+            for st in studies:
+                for k in st.key_images:
+                    k.image_url = f"{base}/images/{st.study_uid}/{k.sop_uid}?frame={k.frame}"
+            self._audit(session, who, "epr.key-image-page", patient, [s.study_uid for s in studies])
+            session.commit()
+            return HTMLResponse(pages.key_images(patient, studies, lang, who.user))
+
+
+def _base(request: Request) -> str:
+    return str(request.base_url).rstrip("/") + "/epj/v1"
+
+
+def router(archive: Archive, images: ImageService) -> APIRouter:
+    epj = Epj(archive, images)
+    r = APIRouter(prefix="/epj/v1", tags=["epr"])
+
+    @r.get("/patients/{patient_id}/studies", response_model=PatientStudies)
+    def patient_studies(
+        request: Request, who: Epr, patient_id: str, system: str = ""
+    ) -> PatientStudies:
+        """A patient's studies, newest first, with key findings and key-image links."""
+        return epj.patient_studies(request, who, patient_id, system)
+
+    @r.get("/studies/{study_uid}/key-images/{sop_uid}/image")
+    def key_image(
+        who: Epr,
+        study_uid: str,
+        sop_uid: str,
+        frame: Annotated[int, Query(ge=1)] = 1,
+        window: str | None = None,
+        size: Annotated[int | None, Query(ge=16, le=4096)] = None,
+        format: str = "jpeg",
+    ) -> Response:
+        """A rendered image (JPEG or PNG) with an optional window preset or center,width."""
+        inst = epj.instance(who, study_uid, sop_uid)
+        return images.response(inst, _view(frame, window, size, format))
+
+    @r.post("/links", response_model=LinkOut)
+    def link(request: Request, who: Epr, body: LinkRequest) -> LinkOut:
+        """A signed, short-lived link for one clinician to one patient (optionally one study)."""
+        return epj.link(request, who, body)
+
+    @r.get("/open/{token}", response_class=HTMLResponse, include_in_schema=False)
+    def open_link(request: Request, token: str, lang: str = "nb") -> HTMLResponse:
+        return epj.open_page(request, token, lang)
+
+    @r.get("/open/{token}/images/{study_uid}/{sop_uid}", include_in_schema=False)
+    def open_image(
+        request: Request,
+        token: str,
+        study_uid: str,
+        sop_uid: str,
+        frame: Annotated[int, Query(ge=1)] = 1,
+        size: Annotated[int | None, Query(ge=16, le=4096)] = None,
+    ) -> Response:
+        scope = epj.scope(request, token)
+        who = Caller(scope.clinician, "epr-link", request.client.host if request.client else "")
+        inst = epj.instance(who, study_uid, sop_uid, scope)
+        return images.response(inst, View(frame=frame, size=size))
+
+    return r
+
+
+def install_link_errors(app: Any) -> None:
+    """Expired or forged links get a readable page, never an image."""
+    app.add_exception_handler(pages.LinkError, pages.link_error_page)

@@ -1,0 +1,110 @@
+"""Server-rendered pages for clinicians: plain HTML and CSS, readable on a ward PC and a tablet,
+Norwegian (bokmål) by default, English with `?lang=en`."""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import HTMLResponse
+
+LABELS = {
+    "nb": {
+        "title": "Nøkkelbilder",
+        "born": "født",
+        "none": "Ingen undersøkelser med nøkkelfunn.",
+        "no_keys": "Ingen nøkkelbilder er markert.",
+        "finding": "Funn",
+        "open": "Åpne hele undersøkelsen",
+        "for": "Vist for",
+        "error": "Kan ikke vise bildene",
+    },
+    "en": {
+        "title": "Key images",
+        "born": "born",
+        "none": "No studies with key findings.",
+        "no_keys": "No key images are marked.",
+        "finding": "Finding",
+        "open": "Open the full study",
+        "for": "Shown to",
+        "error": "The images cannot be shown",
+    },
+}
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:0;background:#111;color:#eee}
+header{padding:.8rem 1rem;background:#222;display:flex;flex-wrap:wrap;gap:1rem;align-items:baseline}
+h1{font-size:1.2rem;margin:0} .who{color:#aaa;font-size:.9rem}
+section{padding:1rem;border-bottom:1px solid #333}
+h2{font-size:1.05rem;margin:0 0 .5rem} .finding{white-space:pre-wrap;max-width:60rem}
+.keys{display:flex;flex-wrap:wrap;gap:.8rem;margin:.6rem 0}
+figure{margin:0} figure img{max-width:min(100%,640px);height:auto;background:#000;display:block}
+figcaption{font-size:.85rem;color:#bbb} a{color:#8cf}
+.error{padding:2rem;font-size:1.1rem}
+"""
+
+
+class LinkError(Exception):
+    """An EPR link that cannot be honoured; the messages are for the clinician."""
+
+    def __init__(self, nb: str, en: str) -> None:
+        super().__init__(en)
+        self.messages = {"nb": nb, "en": en}
+
+
+def _lang(lang: str) -> str:
+    return lang if lang in LABELS else "nb"
+
+
+def _page(title: str, body: str, lang: str) -> str:
+    return (
+        f'<!doctype html><html lang="{lang}"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>{body}</body></html>"
+    )
+
+
+async def link_error_page(request: Request, exc: Exception) -> HTMLResponse:
+    lang = _lang(request.query_params.get("lang", "nb"))
+    assert isinstance(exc, LinkError)
+    t = LABELS[lang]
+    body = f'<div class="error"><h1>{t["error"]}</h1><p>{escape(exc.messages[lang])}</p></div>'
+    return HTMLResponse(_page(t["error"], body, lang), status_code=401)
+
+
+def _date(yyyymmdd: str) -> str:
+    d = yyyymmdd
+    return f"{d[6:8]}.{d[4:6]}.{d[0:4]}" if len(d) == 8 else d
+
+
+def key_images(patient: Any, studies: list[Any], lang: str, clinician: str) -> str:
+    """The EPR's view of a patient: newest study first, finding text, the key images."""
+    lang = _lang(lang)
+    t = LABELS[lang]
+    head = (
+        f"<header><h1>{escape(patient.name.replace('^', ' '))}</h1>"
+        f"<span>{escape(patient.patient_id)}, {t['born']} {escape(_date(patient.birth_date))}"
+        f'</span><span class="who">{t["for"]} {escape(clinician)}</span></header>'
+    )
+    parts = [head]
+    if not studies:
+        parts.append(f"<section><p>{t['none']}</p></section>")
+    for st in studies:
+        figures = "".join(
+            f'<figure><img src="{escape(k.image_url)}" alt="{escape(k.title)}"'
+            f' data-sop="{escape(k.sop_uid)}"><figcaption>{escape(k.title)}</figcaption></figure>'
+            for k in st.key_images
+        )
+        parts.append(
+            "<section>"
+            f"<h2>{escape(_date(st.date))} {escape(', '.join(st.modalities))} "
+            f"{escape(st.description)}</h2>"
+            + (
+                f'<p class="finding"><b>{t["finding"]}:</b> {escape(st.finding_text)}</p>'
+                if st.finding_text
+                else ""
+            )
+            + (f'<div class="keys">{figures}</div>' if figures else f"<p>{t['no_keys']}</p>")
+            + "</section>"
+        )
+    return _page(t["title"], "".join(parts), lang)
