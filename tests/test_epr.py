@@ -167,3 +167,27 @@ def test_signed_links_open_the_key_image_page_and_expire(
     assert ("epr.key-image-page", "lege-lise") in seen and ("epr.image", "lege-lise") in seen
     assert any(a.startswith("epr.link-issued") and u == "dips-epj" for a, u in seen)
     assert all(e.patient_id == PATIENT for e in events)
+
+
+def test_iid_launches_the_viewer_behind_authentication(ct300: tuple[Broker, list[Path]]) -> None:
+    b, ct = ct300
+    study = str(dcmread(ct[0]).StudyInstanceUID)
+    root = f"http://127.0.0.1:{b.http_port}"
+    tok = b.cli("token", "--user", "lege-lise", "--role", "clinician").stdout.strip()
+    auth = {"Authorization": f"Bearer {tok}"}
+    iid = f"{root}/IHEInvokeImageDisplay"
+    r = httpx.get(iid, params={"requestType": "STUDY", "studyUID": study}, headers=auth)
+    assert r.status_code == 303 and r.headers["location"].endswith(f"/studies/{study}")
+    viewer = httpx.get(r.headers["location"])
+    assert viewer.status_code == 200 and 'id="view"' in viewer.text
+    listing = httpx.get(r.headers["location"] + ".json").json()
+    (series,) = listing["series"]
+    assert len(series["instances"]) == len(ct) and listing["patient"]["id"] == PATIENT
+
+    r = httpx.get(
+        iid, params={"requestType": "PATIENT", "patientID": f"{PATIENT}^^^"}, headers=auth
+    )
+    assert r.status_code == 303 and "/studies/" not in r.headers["location"]
+    assert httpx.get(r.headers["location"]).status_code == 200
+    assert httpx.get(iid, params={"requestType": "STUDY"}, headers=auth).status_code == 400
+    assert httpx.get(iid, params={"requestType": "STUDY", "studyUID": study}).status_code == 401

@@ -15,7 +15,7 @@ from storage.stats import archive_counts
 from viewer.admin import router as admin_router
 from viewer.auth import Caller, caller, signing_key
 from viewer.dicomweb import router as dicomweb_router
-from viewer.epr import install_link_errors
+from viewer.epr import iid_router, install_link_errors
 from viewer.epr import router as epr_router
 from viewer.images import ImageService
 
@@ -53,5 +53,6 @@ def create_app(
     images = ImageService(archive)
     app.include_router(dicomweb_router(archive, images, intake))
     app.include_router(epr_router(archive, images))
+    app.include_router(iid_router(archive, images))
     install_link_errors(app)
     return app

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import jwt
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from storage import audit, registry
 from storage.archive import Archive
 from storage.demographics import Identifier
+from storage.dicomheader import decode_attrs
 from storage.models import VISIBLE, Finding, Instance, KeyImage, Patient, Series, Study
 from storage.query import NOT_REJECTED
 from viewer import pages
@@ -214,6 +215,36 @@ class Epj:
             session.commit()
             return inst
 
+    def invoke(self, request: Request, who: Caller) -> RedirectResponse:
+        """IHE IID: open the images for a patient or a study in the caller's browser."""
+        q = request.query_params
+        kind = q.get("requestType", "").upper()
+        study_uids = [u for u in q.get("studyUID", "").split(",") if u]
+        if kind == "STUDY" and study_uids:
+            with self.archive.sessions() as session:
+                row = session.execute(
+                    select(Patient.patient_id, Patient.issuer)
+                    .join(Study, Study.patient_fk == Patient.id)
+                    .where(Study.study_uid == study_uids[0])
+                ).first()
+            if row is None:
+                raise HTTPException(404, "no such study in the archive")
+            body = LinkRequest(clinician=who.user, patient_id=row[0], study_uid=study_uids[0])
+        elif kind == "PATIENT" and q.get("patientID"):
+            value, _, rest = q["patientID"].partition("^^^")
+            oid = rest.split("&")[1] if rest.count("&") >= 2 else ""
+            body = LinkRequest(
+                clinician=who.user, patient_id=value, system=f"urn:oid:{oid}" if oid else ""
+            )
+        else:
+            raise HTTPException(
+                400, "IID needs requestType=STUDY&studyUID=… or requestType=PATIENT&patientID=…"
+            )
+        url = self.link(request, who, body).url
+        if kind == "STUDY" and q.get("keyImagesOnly", "").lower() != "true":
+            url += f"/studies/{study_uids[0]}"
+        return RedirectResponse(url, status_code=303)
+
     def link(self, request: Request, who: Caller, body: LinkRequest) -> LinkOut:
         with self.archive.sessions() as session:
             patient = _patient(session, body.patient_id, body.system)
@@ -266,6 +297,50 @@ class Epj:
             raise pages.LinkError("Lenken er ugyldig.", "The link is not valid.") from None
         return Scope(str(claims["sub"]), int(claims["pid"]), str(claims.get("study", "")))
 
+    def study(self, request: Request, token: str, study_uid: str) -> dict[str, Any]:
+        """Series and instances of one study in the link's scope, for the full-study viewer."""
+        scope = self.scope(request, token)
+        who = Caller(scope.clinician, "epr-link", request.client.host if request.client else "")
+        with self.archive.sessions() as session:
+            row = session.execute(
+                select(Study, Patient)
+                .join(Study.patient)
+                .where(Study.study_uid == study_uid, Patient.status.in_(VISIBLE))
+            ).first()
+            if row is None:
+                raise HTTPException(404, "no such study in the archive")
+            study, patient = row
+            if patient.id != scope.patient_fk or scope.study_uid not in ("", study_uid):
+                raise HTTPException(403, "the link does not cover this study")
+            series_out = []
+            for se in session.scalars(select(Series).where(Series.study_fk == study.id)):
+                insts = session.scalars(
+                    select(Instance).where(Instance.series_fk == se.id, NOT_REJECTED)
+                ).all()
+                ordered = sorted(insts, key=lambda i: (_number(i.instance_number), i.id))
+                shown = [(i, n) for i in ordered if (n := _frames(i))]
+                if not shown:
+                    continue  # the viewer shows images; KOS and SR feed the key-image page
+                series_out.append(
+                    {
+                        "series_uid": se.series_uid,
+                        "number": se.series_number,
+                        "modality": se.modality,
+                        "description": se.description,
+                        "instances": [{"sop_uid": i.sop_uid, "frames": n} for i, n in shown],
+                    }
+                )
+            series_out.sort(key=lambda x: _number(str(x["number"])))
+            self._audit(session, who, "epr.study-viewer", patient, [study_uid])
+            session.commit()
+            return {
+                "study_uid": study_uid,
+                "date": study.study_date,
+                "description": study.description,
+                "patient": {"id": patient.patient_id, "name": patient.name},
+                "series": series_out,
+            }
+
     def open_page(self, request: Request, token: str, lang: str) -> HTMLResponse:
         scope = self.scope(request, token)
         who = Caller(scope.clinician, "epr-link", request.client.host if request.client else "")
@@ -280,7 +355,25 @@ class Epj:
                     k.image_url = f"{base}/images/{st.study_uid}/{k.sop_uid}?frame={k.frame}"
             self._audit(session, who, "epr.key-image-page", patient, [s.study_uid for s in studies])
             session.commit()
-            return HTMLResponse(pages.key_images(patient, studies, lang, who.user))
+            return HTMLResponse(pages.key_images(patient, studies, lang, who.user, base))
+
+
+def _frames(inst: Instance) -> int:
+    """How many frames an image has; 0 for objects without pixels (KOS, SR, PDF)."""
+    try:
+        attrs = decode_attrs(inst.attrs, inst.attrs_ts)
+    except Exception:
+        return 0
+    if "Rows" not in attrs:
+        return 0
+    return int(attrs.get("NumberOfFrames", 1) or 1)
+
+
+def _number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        return 0
 
 
 def _base(request: Request) -> str:
@@ -328,12 +421,39 @@ def router(archive: Archive, images: ImageService) -> APIRouter:
         study_uid: str,
         sop_uid: str,
         frame: Annotated[int, Query(ge=1)] = 1,
+        window: str | None = None,
         size: Annotated[int | None, Query(ge=16, le=4096)] = None,
     ) -> Response:
         scope = epj.scope(request, token)
         who = Caller(scope.clinician, "epr-link", request.client.host if request.client else "")
         inst = epj.instance(who, study_uid, sop_uid, scope)
-        return images.response(inst, View(frame=frame, size=size))
+        return images.response(inst, _view(frame, window, size, "jpeg"))
+
+    @r.get("/open/{token}/studies/{study_uid}.json", include_in_schema=False)
+    def open_study_json(request: Request, token: str, study_uid: str) -> dict[str, Any]:
+        return epj.study(request, token, study_uid)
+
+    @r.get(
+        "/open/{token}/studies/{study_uid}", response_class=HTMLResponse, include_in_schema=False
+    )
+    def open_study(request: Request, token: str, study_uid: str, lang: str = "nb") -> HTMLResponse:
+        epj.scope(request, token)
+        base = f"{_base(request)}/open/{token}"
+        return HTMLResponse(pages.study_viewer(base, study_uid, lang))
+
+    return r
+
+
+def iid_router(archive: Archive, images: ImageService) -> APIRouter:
+    """IHE Invoke Image Display at the path the profile names, behind the same authentication."""
+    epj = Epj(archive, images)
+    r = APIRouter(tags=["epr"])
+
+    @r.get("/IHEInvokeImageDisplay")
+    def invoke(request: Request, who: Epr) -> RedirectResponse:
+        """requestType=STUDY&studyUID=… (full study; keyImagesOnly=true for key images) or
+        requestType=PATIENT&patientID=ID^^^&OID&ISO (the patient's key findings)."""
+        return epj.invoke(request, who)
 
     return r
 

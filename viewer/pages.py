@@ -4,6 +4,7 @@ Norwegian (bokmål) by default, English with `?lang=en`."""
 from __future__ import annotations
 
 from html import escape
+from pathlib import Path
 from typing import Any
 
 from fastapi import Request
@@ -77,7 +78,7 @@ def _date(yyyymmdd: str) -> str:
     return f"{d[6:8]}.{d[4:6]}.{d[0:4]}" if len(d) == 8 else d
 
 
-def key_images(patient: Any, studies: list[Any], lang: str, clinician: str) -> str:
+def key_images(patient: Any, studies: list[Any], lang: str, clinician: str, base: str) -> str:
     """The EPR's view of a patient: newest study first, finding text, the key images."""
     lang = _lang(lang)
     t = LABELS[lang]
@@ -105,6 +106,91 @@ def key_images(patient: Any, studies: list[Any], lang: str, clinician: str) -> s
                 else ""
             )
             + (f'<div class="keys">{figures}</div>' if figures else f"<p>{t['no_keys']}</p>")
-            + "</section>"
+            + f'<p><a class="full" href="{escape(base)}/studies/{escape(st.study_uid)}'
+            f'?lang={lang}">{t["open"]}</a></p>' + "</section>"
         )
     return _page(t["title"], "".join(parts), lang)
+
+
+VIEWER_LABELS = {
+    "nb": {
+        "title": "Undersøkelse",
+        "series": "Serier",
+        "window": "Vindu",
+        "default": "Fra bildet",
+        "image": "Bilde",
+        "frame": "Ramme",
+        "play": "Spill av",
+        "fit": "Tilpass",
+        "help": "Rull med hjul, piltaster eller glider. Ctrl+hjul zoomer, dra for å flytte.",
+    },
+    "en": {
+        "title": "Study",
+        "series": "Series",
+        "window": "Window",
+        "default": "From the image",
+        "image": "Image",
+        "frame": "Frame",
+        "play": "Play",
+        "fit": "Fit",
+        "help": "Scroll with the wheel, arrow keys or slider. Ctrl+wheel zooms, drag to pan.",
+    },
+}
+PRESET_LABELS = {
+    "nb": {
+        "soft-tissue": "Bløtvev",
+        "lung": "Lunge",
+        "bone": "Skjelett",
+        "brain": "Hjerne",
+        "abdomen": "Abdomen",
+        "mediastinum": "Mediastinum",
+    },
+    "en": {
+        "soft-tissue": "Soft tissue",
+        "lung": "Lung",
+        "bone": "Bone",
+        "brain": "Brain",
+        "abdomen": "Abdomen",
+        "mediastinum": "Mediastinum",
+    },
+}
+VIEWER_STYLE = """
+#app{display:flex;height:calc(100vh - 3rem)}
+#series{width:9rem;overflow-y:auto;background:#1a1a1a;padding:.3rem}
+#series button{display:block;width:100%;margin:0 0 .4rem;padding:.2rem;background:#222;color:#ddd;
+ border:2px solid transparent;text-align:left;font-size:.75rem;cursor:pointer}
+#series button.on{border-color:#8cf} #series img{width:100%;display:block;background:#000}
+#main{flex:1;display:flex;flex-direction:column;min-width:0}
+#bar{display:flex;flex-wrap:wrap;gap:.6rem;align-items:center;padding:.3rem .6rem;background:#222}
+#stage{flex:1;overflow:hidden;position:relative;background:#000;touch-action:none}
+#view{position:absolute;left:50%;top:50%;transform-origin:center;max-width:none;user-select:none}
+#pos{min-width:7rem} .help{color:#999;font-size:.8rem}
+"""
+VIEWER_SCRIPT = (Path(__file__).parent / "static" / "study.js").read_text(encoding="utf-8")
+
+
+def study_viewer(base: str, study_uid: str, lang: str) -> str:
+    """The full-study viewer: series thumbnails, scrolling, window presets, zoom/pan, cine."""
+    lang = _lang(lang)
+    t = VIEWER_LABELS[lang]
+    options = f'<option value="">{t["default"]}</option>' + "".join(
+        f'<option value="{k}">{escape(v)}</option>' for k, v in PRESET_LABELS[lang].items()
+    )
+    body = (
+        f'<header><h1 id="heading">{t["title"]}</h1></header>'
+        '<div id="app"><nav id="series" aria-label="' + t["series"] + '"></nav>'
+        '<div id="main"><div id="bar">'
+        f'<input id="slider" type="range" min="0" max="0" value="0" aria-label="{t["image"]}">'
+        '<span id="pos"></span>'
+        f'<label>{t["window"]} <select id="window">{options}</select></label>'
+        f'<button id="fit">{t["fit"]}</button><button id="play" hidden>{t["play"]}</button>'
+        f'<span class="help">{escape(t["help"])}</span></div>'
+        '<div id="stage"><img id="view" alt=""></div></div></div>'
+        f"<script>{VIEWER_SCRIPT}</script>"
+    )
+    html = _page(t["title"], body, lang).replace(
+        "<body>",
+        f'<body data-base="{escape(base)}" data-study="{escape(study_uid)}" '
+        f'data-image-label="{t["image"]}" data-frame-label="{t["frame"]}">',
+    )
+    return html.replace("</style>", VIEWER_STYLE + "</style>")
