@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     pas_retry_interval: float = Field(
         default=10.0, description="Seconds between reconciliation rounds for unverified patients"
     )
+    uid_root: str = Field(
+        default="", description="UID root for objects we create; empty = UUID-derived 2.25 UIDs"
+    )
     stow_max_mb: int = Field(default=2048, description="Largest STOW-RS request body accepted")
     cors_origins: list[str] = Field(
         default_factory=list, description="Web origins (e.g. an OHIF viewer) allowed to call us"

@@ -119,6 +119,18 @@ def test_epr_link_pages_in_chromium(broker_factory, browser: WebDriver, tmp_path
     assert before.shape == after.shape and np.abs(before - after).mean() > 5
     assert "2 / 40" in browser.find_element(By.ID, "pos").text
 
+    browser.find_element(By.ID, "mark").click()
+    WebDriverWait(browser, 20).until(lambda d: "Markert" in d.find_element(By.ID, "status").text)
+    marked = view.get_attribute("data-sop")
+    deadline = time.time() + 30
+    with api(b) as epj:
+        while time.time() < deadline:
+            (st,) = epj.get(f"/patients/{PATIENT}/studies").json()["studies"]
+            if marked in {k["sop_uid"] for k in st["key_images"]}:
+                break
+            time.sleep(0.3)
+    assert marked in {k["sop_uid"] for k in st["key_images"]}
+
     key = (b.data_dir / "keys" / "signing.key").read_bytes()
     token = url.rsplit("/", 1)[1]
     claims = jwt.decode(token, key, algorithms=["HS256"], audience="pacsbroker-epr-link")

@@ -191,3 +191,45 @@ def test_iid_launches_the_viewer_behind_authentication(ct300: tuple[Broker, list
     assert httpx.get(r.headers["location"]).status_code == 200
     assert httpx.get(iid, params={"requestType": "STUDY"}, headers=auth).status_code == 400
     assert httpx.get(iid, params={"requestType": "STUDY", "studyUID": study}).status_code == 401
+
+
+def test_marking_key_images_creates_a_valid_kos(
+    ct300: tuple[Broker, list[Path]], tmp_path: Path
+) -> None:
+    b, ct = ct300
+    study = str(dcmread(ct[0]).StudyInstanceUID)
+    picked = [str(dcmread(p).SOPInstanceUID) for p in (ct[3], ct[250])]
+    with api(b, role="radiologist", user="rita") as epj:
+        r = epj.post(
+            f"/studies/{study}/key-images",
+            json={"sop_uids": picked, "title_code": "113002", "description": "Fraktur costa 7"},
+        )
+        assert r.status_code == 202, r.text
+        kos_uid = r.json()["kos_sop_uid"]
+        wait_instances(b, len(ct) + 1)
+        (st,) = epj.get(f"/patients/{PATIENT}/studies").json()["studies"]
+        assert {k["sop_uid"] for k in st["key_images"]} == set(picked)
+        assert "Fraktur costa 7" in st["finding_text"]
+        bad = epj.post(f"/studies/{study}/key-images", json={"sop_uids": ["1.2.3"]})
+        assert bad.status_code == 404
+        bad = epj.post(
+            f"/studies/{study}/key-images", json={"sop_uids": picked, "title_code": "999"}
+        )
+        assert bad.status_code == 400
+    web = httpx.Client(
+        base_url=f"http://127.0.0.1:{b.http_port}/dicomweb",
+        headers={
+            "Authorization": f"Bearer {b.cli('token', '--user', 'x', '--role', 'clinician').stdout.strip()}"
+        },
+    )
+    (meta,) = web.get(f"/studies/{study}/instances", params={"SOPInstanceUID": kos_uid}).json()
+    series = meta["0020000E"]["Value"][0]
+    raw = web.get(
+        f"/studies/{study}/series/{series}/instances/{kos_uid}",
+        headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+    )
+    body = raw.content.split(b"\r\n\r\n", 1)[1].rsplit(b"\r\n--", 1)[0]
+    path = tmp_path / "created-kos.dcm"
+    path.write_bytes(body)
+    assert dciodvfy_errors(path) == []
+    assert dcmread(path).PatientID == PATIENT

@@ -52,7 +52,7 @@ def create_app(
     app.include_router(admin_router(archive))
     images = ImageService(archive)
     app.include_router(dicomweb_router(archive, images, intake))
-    app.include_router(epr_router(archive, images))
+    app.include_router(epr_router(archive, images, intake))
     app.include_router(iid_router(archive, images))
     install_link_errors(app)
     return app

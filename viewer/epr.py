@@ -15,10 +15,11 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from storage import audit, registry
+from storage import audit, keyobjects, outbound, registry
 from storage.archive import Archive
 from storage.demographics import Identifier
 from storage.dicomheader import decode_attrs
+from storage.intake import Intake
 from storage.models import VISIBLE, Finding, Instance, KeyImage, Patient, Series, Study
 from storage.query import NOT_REJECTED
 from viewer import pages
@@ -66,6 +67,17 @@ class LinkRequest(BaseModel):
     system: str = Field(default="", description="Identifier system URI, if ambiguous")
     study_uid: str | None = Field(default=None, description="Limit the link to this study")
     ttl_seconds: int = Field(default=300, ge=10, le=MAX_LINK_TTL)
+
+
+class MarkRequest(BaseModel):
+    sop_uids: list[str] = Field(min_length=1, max_length=500, description="Images of the study")
+    title_code: str = Field(default="113000", description="CID 7010 title; 113000 Of Interest")
+    description: str = Field(default="", max_length=1024, description="Finding text")
+
+
+class MarkOut(BaseModel):
+    kos_sop_uid: str = Field(description="The new Key Object Selection document")
+    key_images: int
 
 
 class LinkOut(BaseModel):
@@ -156,9 +168,10 @@ def _view(frame: int, window: str | None, size: int | None, fmt: str) -> View:
 
 
 class Epj:
-    def __init__(self, archive: Archive, images: ImageService) -> None:
+    def __init__(self, archive: Archive, images: ImageService, intake: Intake | None) -> None:
         self.archive = archive
         self.images = images
+        self.intake = intake
 
     def _audit(
         self, session: Session, who: Caller, action: str, patient: Patient, studies: list[str]
@@ -214,6 +227,54 @@ class Epj:
             self._audit(session, who, "epr.image", patient, [study_uid])
             session.commit()
             return inst
+
+    def mark(
+        self, who: Caller, study_uid: str, body: MarkRequest, scope: Scope | None = None
+    ) -> MarkOut:
+        """Mark key images: a new KOS goes through the spool and ingest like any object."""
+        if self.intake is None:
+            raise HTTPException(503, "this server does not accept new objects (no spool)")
+        wanted = set(body.sop_uids)
+        with self.archive.sessions() as session:
+            rows = session.execute(
+                select(Instance, Patient)
+                .join(Instance.series)
+                .join(Series.study)
+                .join(Study.patient)
+                .where(
+                    Study.study_uid == study_uid,
+                    Instance.sop_uid.in_(wanted),
+                    Patient.status.in_(VISIBLE),
+                    NOT_REJECTED,
+                )
+            ).all()
+            if len(rows) != len(wanted):
+                raise HTTPException(404, "not every image named is in this study")
+            patient = rows[0][1]
+            if scope is not None and (
+                patient.id != scope.patient_fk or scope.study_uid not in ("", study_uid)
+            ):
+                raise HTTPException(403, "the link does not cover this study")
+            insts = [inst for inst, _ in rows]
+            modules = outbound.patient_modules(session, insts)
+            refs = [outbound.indexed_header(i, modules[i.id]) for i in insts]
+            self._audit(session, who, "epr.mark-key-images", patient, [study_uid])
+            session.commit()
+        try:
+            payload = keyobjects.build(
+                refs,
+                title_code=body.title_code,
+                description=body.description,
+                author=who.user,
+                uid_root=self.archive.settings.uid_root,
+            )
+        except ValueError as e:
+            raise HTTPException(400, str(e)) from None
+        try:
+            ident = self.intake.accept(payload, source=f"KOS:{who.user}"[:64], address=who.address)
+        except OSError as e:
+            raise HTTPException(503, f"the spool cannot be written: {e}") from None
+        return MarkOut(kos_sop_uid=ident.sop_uid, key_images=len(refs))
 
     def invoke(self, request: Request, who: Caller) -> RedirectResponse:
         """IHE IID: open the images for a patient or a study in the caller's browser."""
@@ -380,8 +441,8 @@ def _base(request: Request) -> str:
     return str(request.base_url).rstrip("/") + "/epj/v1"
 
 
-def router(archive: Archive, images: ImageService) -> APIRouter:
-    epj = Epj(archive, images)
+def router(archive: Archive, images: ImageService, intake: Intake | None) -> APIRouter:
+    epj = Epj(archive, images, intake)
     r = APIRouter(prefix="/epj/v1", tags=["epr"])
 
     @r.get("/patients/{patient_id}/studies", response_model=PatientStudies)
@@ -404,6 +465,24 @@ def router(archive: Archive, images: ImageService) -> APIRouter:
         """A rendered image (JPEG or PNG) with an optional window preset or center,width."""
         inst = epj.instance(who, study_uid, sop_uid)
         return images.response(inst, _view(frame, window, size, format))
+
+    @r.post("/studies/{study_uid}/key-images", response_model=MarkOut, status_code=202)
+    def mark(who: Epr, study_uid: str, body: MarkRequest) -> MarkOut:
+        """Mark key images: creates a KOS, filed like any received object (202: on its way)."""
+        return epj.mark(who, study_uid, body)
+
+    @r.post(
+        "/open/{token}/studies/{study_uid}/key-images",
+        response_model=MarkOut,
+        status_code=202,
+        include_in_schema=False,
+    )
+    def mark_from_viewer(
+        request: Request, token: str, study_uid: str, body: MarkRequest
+    ) -> MarkOut:
+        scope = epj.scope(request, token)
+        who = Caller(scope.clinician, "epr-link", request.client.host if request.client else "")
+        return epj.mark(who, study_uid, body, scope)
 
     @r.post("/links", response_model=LinkOut)
     def link(request: Request, who: Epr, body: LinkRequest) -> LinkOut:
@@ -446,7 +525,7 @@ def router(archive: Archive, images: ImageService) -> APIRouter:
 
 def iid_router(archive: Archive, images: ImageService) -> APIRouter:
     """IHE Invoke Image Display at the path the profile names, behind the same authentication."""
-    epj = Epj(archive, images)
+    epj = Epj(archive, images, None)
     r = APIRouter(tags=["epr"])
 
     @r.get("/IHEInvokeImageDisplay")

@@ -122,6 +122,8 @@ VIEWER_LABELS = {
         "frame": "Ramme",
         "play": "Spill av",
         "fit": "Tilpass",
+        "mark": "Marker som nøkkelbilde",
+        "marked": "Markert som nøkkelbilde",
         "help": "Rull med hjul, piltaster eller glider. Ctrl+hjul zoomer, dra for å flytte.",
     },
     "en": {
@@ -133,6 +135,8 @@ VIEWER_LABELS = {
         "frame": "Frame",
         "play": "Play",
         "fit": "Fit",
+        "mark": "Mark as key image",
+        "marked": "Marked as key image",
         "help": "Scroll with the wheel, arrow keys or slider. Ctrl+wheel zooms, drag to pan.",
     },
 }
@@ -184,6 +188,8 @@ def study_viewer(base: str, study_uid: str, lang: str) -> str:
         '<span id="pos"></span>'
         f'<label>{t["window"]} <select id="window">{options}</select></label>'
         f'<button id="fit">{t["fit"]}</button><button id="play" hidden>{t["play"]}</button>'
+        f'<button id="mark" data-done="{escape(t["marked"])}">{escape(t["mark"])}</button>'
+        '<span id="status" role="status"></span>'
         f'<span class="help">{escape(t["help"])}</span></div>'
         '<div id="stage"><img id="view" alt=""></div></div></div>'
         f"<script>{VIEWER_SCRIPT}</script>"

@@ -83,3 +83,12 @@ fetch(base + '/studies/' + study + '.json').then(r => {
     if (i === 0) pick(s, b);
   });
 }).catch(e => { document.getElementById('heading').textContent = 'Error ' + e.message; });
+document.getElementById('mark').onclick = async () => {
+  const status = document.getElementById('status'), button = document.getElementById('mark');
+  const sop = series.instances[index].sop_uid;
+  const r = await fetch(base + '/studies/' + study + '/key-images', {
+    method: 'POST', headers: {'Content-Type': 'application/json'},
+    body: JSON.stringify({sop_uids: [sop], title_code: '113000'}),
+  });
+  status.textContent = r.ok ? button.dataset.done : 'Error ' + r.status;
+};
