@@ -193,6 +193,19 @@ def test_qido_wado_metadata_frames_and_access(loaded: Broker, tmp_path: Path) ->
         assert lung.content != png.content
         assert web.get(f"{path}/rendered", params={"window": "x"}).status_code == 400
 
+        # WADO-URI, as older EPRs and viewers call it
+        uri = {
+            "requestType": "WADO",
+            "studyUID": study,
+            "seriesUID": str(ds.SeriesInstanceUID),
+            "objectUID": str(ds.SOPInstanceUID),
+        }
+        part10 = web.get("/wado", params={**uri, "contentType": "application/dicom"})
+        assert part10.headers["content-type"] == "application/dicom"
+        assert dcmread_bytes(part10.content).PixelData == ds.PixelData
+        assert web.get("/wado", params=uri).headers["content-type"] == "image/jpeg"
+        assert web.get("/wado", params={**uri, "requestType": "X"}).status_code == 400
+
     # security: no token, a forged token, a role without clinical access
     base = f"http://127.0.0.1:{b.http_port}/dicomweb"
     assert httpx.get(f"{base}/studies").status_code == 401

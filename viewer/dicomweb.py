@@ -457,6 +457,47 @@ class DicomWeb:
         instances, _, _ = self._read(who, "dicomweb.rendered", *ids)
         return self.images.response(instances[0], view)
 
+    def wado_uri(self, request: Request, who: Caller) -> Response:
+        """WADO-URI (PS3.18 chapter 9): one object as DICOM or as a rendered image."""
+        q = request.query_params
+        if q.get("requestType") != "WADO":
+            raise HTTPException(400, "requestType=WADO is required")
+        try:
+            ids = (q["studyUID"], q["seriesUID"], q["objectUID"])
+        except KeyError as e:
+            raise HTTPException(400, f"{e.args[0]} is required") from None
+        content = q.get("contentType", "image/jpeg").split(",")[0].strip()
+        instances, patients, _ = self._read(who, "dicomweb.wado-uri", *ids)
+        inst = instances[0]
+        if content == "application/dicom":
+            syntax = q.get("transferSyntax", ExplicitVRLittleEndian)
+            try:
+                body = outbound.part10(self.archive.store, inst, patients[inst.id], {syntax})
+            except (ObjectNotFound, ObjectStoreError) as e:
+                raise HTTPException(503, f"object unreadable: {e}") from None
+            return Response(body, media_type="application/dicom")
+        fmt = {"image/jpeg": "jpeg", "image/png": "png"}.get(content)
+        if fmt is None:
+            raise HTTPException(
+                406, f"contentType {content!r}: application/dicom, image/jpeg or image/png"
+            )
+        try:
+            window = (
+                Window(float(q["windowCenter"]), max(float(q["windowWidth"]), 1.0))
+                if "windowCenter" in q and "windowWidth" in q
+                else None
+            )
+            size = max(int(q.get("rows", 0)), int(q.get("columns", 0))) or None
+            frame = int(q.get("frameNumber", 1))
+            quality = int(q.get("imageQuality", 90))
+        except ValueError:
+            raise HTTPException(
+                400, "windowCenter/Width, rows, columns, frameNumber are numbers"
+            ) from None
+        return self.images.response(
+            inst, View(frame=frame, window=window, size=size, fmt=fmt, quality=quality)
+        )
+
     # STOW-RS
 
     async def store(self, request: Request, who: Caller, study: str | None) -> Response:
@@ -659,6 +700,11 @@ def router(archive: Archive, images: ImageService, intake: Intake | None) -> API
     @r.get("/studies/{study}/series/{series}/instances/{sop}/frames/{numbers}")
     def frames(who: Reader, study: str, series: str, sop: str, numbers: str) -> StreamingResponse:
         return web.frames(who, study, series, sop, numbers)
+
+    @r.get("/wado")
+    def wado_uri(request: Request, who: Reader) -> Response:
+        """WADO-URI: ?requestType=WADO&studyUID=&seriesUID=&objectUID=[&contentType=]"""
+        return web.wado_uri(request, who)
 
     @r.get("/studies/{study}/series/{series}/instances/{sop}/rendered")
     def rendered(request: Request, who: Reader, study: str, series: str, sop: str) -> Response:
