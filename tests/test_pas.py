@@ -147,6 +147,19 @@ def test_adt_update_merge_and_refusal(broker: Broker, tmp_path: Path) -> None:
     assert msa(ack)[1] == "AA"
     # applied before the ACK: the very next query already sees it
     assert study_names(broker, KARI) == ["Nordmann^Kari^Elisabeth"]
+    # and so do DICOMweb searches and the objects it sends
+    tok = broker.cli("token", "--user", "dr", "--role", "clinician").stdout.strip()
+    web = httpx.Client(
+        base_url=f"http://127.0.0.1:{broker.http_port}/dicomweb",
+        headers={"Authorization": f"Bearer {tok}"},
+    )
+    (found,) = web.get("/studies", params={"PatientID": KARI}).json()
+    assert found["00100010"]["Value"][0]["Alphabetic"] == "Nordmann^Kari^Elisabeth"
+    study = found["0020000D"]["Value"][0]
+    (meta, *_) = web.get(f"/studies/{study}/metadata").json()
+    assert meta["00100010"]["Value"][0]["Alphabetic"] == "Nordmann^Kari^Elisabeth"
+    sent = web.get(f"/studies/{study}")
+    assert b"Nordmann^Kari^Elisabeth" in sent.content
 
     latin1 = adt_message("A08", KARI, "Ødegård^Kari", charset="8859/1")
     assert msa(mllp_send(broker, tmp_path, latin1))[1] == "AA"
@@ -155,6 +168,7 @@ def test_adt_update_merge_and_refusal(broker: Broker, tmp_path: Path) -> None:
     ack = mllp_send(broker, tmp_path, adt_message("A40", KARI, "Ødegård^Kari", prior=OLA))
     assert msa(ack)[1] == "AA"
     assert study_names(broker, OLA) == []
+    assert web.get("/studies", params={"PatientID": OLA}).json() == []
     assert study_names(broker, KARI) == ["Ødegård^Kari", "Ødegård^Kari"]
 
     bad = adt_message("A08", "12345678901", "Feil^Nummer")
