@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI
@@ -10,6 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from pydantic import BaseModel
 
 from storage.archive import Archive
+from storage.audit import AuditTrail
 from storage.intake import Intake
 from storage.stats import archive_counts
 from viewer.admin import router as admin_router
@@ -29,7 +31,14 @@ def create_app(
     runtime_status: Callable[[], dict[str, Any]],
     intake: Intake | None = None,
 ) -> FastAPI:
-    app = FastAPI(title="pacsbroker", version="0.1.0")
+    trail = AuditTrail(archive.sessions)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        trail.close()  # pending audit events are written before the process exits
+
+    app = FastAPI(title="pacsbroker", version="0.1.0", lifespan=lifespan)
     app.state.signing_key = signing_key(archive.settings.data_dir)
     if archive.settings.cors_origins:
         app.add_middleware(
@@ -51,8 +60,8 @@ def create_app(
 
     app.include_router(admin_router(archive))
     images = ImageService(archive)
-    app.include_router(dicomweb_router(archive, images, intake))
-    app.include_router(epr_router(archive, images, intake))
-    app.include_router(iid_router(archive, images))
+    app.include_router(dicomweb_router(archive, images, trail, intake))
+    app.include_router(epr_router(archive, images, trail, intake))
+    app.include_router(iid_router(archive, images, trail))
     install_link_errors(app)
     return app

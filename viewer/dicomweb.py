@@ -22,13 +22,15 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 from python_multipart import MultipartParser
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from storage import audit, outbound
+from storage import outbound
 from storage.archive import Archive
+from storage.audit import AuditTrail
 from storage.dicomheader import InvalidObject
 from storage.intake import Intake
-from storage.models import Instance
+from storage.models import Instance, Series
 from storage.objects import ObjectNotFound, ObjectStoreError
 from storage.query import Level, Matcher, QueryError, keys_of, match, responses, tag_level
 from viewer.auth import CLINICAL_READERS, UPLOADERS, Caller, requires
@@ -263,8 +265,14 @@ def _multipart_response(parts: Iterator[tuple[str, bytes]], kind: str) -> Stream
 
 class DicomWeb:
     def __init__(
-        self, archive: Archive, images: ImageService, intake: Intake | None, stow_max_bytes: int
+        self,
+        archive: Archive,
+        images: ImageService,
+        trail: AuditTrail,
+        intake: Intake | None,
+        stow_max_bytes: int,
     ) -> None:
+        self.trail = trail
         self.images = images
         self.archive = archive
         self.intake = intake
@@ -306,8 +314,7 @@ class DicomWeb:
                     _add_everything(ds, hit, level)
                 ds.add(DataElement(_RETRIEVE_URL, "UR", _url(base, hit, level)))
                 out.append(ds.to_json_dict())
-            audit.record(
-                session,
+            self.trail.record(
                 actor=who.user,
                 role=who.role,
                 source=who.address,
@@ -317,7 +324,6 @@ class DicomWeb:
                     (h.patient.patient_id, h.study.study_uid if h.study else "") for h in hits
                 ],
             )
-            session.commit()
         return Response(_json(out), media_type=DICOM_JSON)
 
     # WADO-RS
@@ -348,9 +354,13 @@ class DicomWeb:
         with self.archive.sessions() as session:
             instances = self._select(session, study, series, sop)
             patients = outbound.patient_modules(session, instances)
-            series_of = {i.id: i.series.series_uid for i in instances}
-            audit.record(
-                session,
+            rows = session.execute(
+                select(Instance.id, Series.series_uid)
+                .join(Instance.series)
+                .where(Instance.id.in_([i.id for i in instances]))
+            )
+            series_of = {iid: uid for iid, uid in rows}
+            self.trail.record(
                 actor=who.user,
                 role=who.role,
                 source=who.address,
@@ -358,7 +368,6 @@ class DicomWeb:
                 detail=f"{len(instances)} instances of study {study}",
                 patients={(pm.patient_id, study) for pm in patients.values()},
             )
-            session.commit()
         return instances, patients, series_of
 
     def retrieve(
@@ -634,8 +643,10 @@ async def _read_parts(request: Request, boundary: str, limit: int) -> list[tuple
     return parts
 
 
-def router(archive: Archive, images: ImageService, intake: Intake | None) -> APIRouter:
-    web = DicomWeb(archive, images, intake, archive.settings.stow_max_mb << 20)
+def router(
+    archive: Archive, images: ImageService, trail: AuditTrail, intake: Intake | None
+) -> APIRouter:
+    web = DicomWeb(archive, images, trail, intake, archive.settings.stow_max_mb << 20)
     r = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
 
     @r.get("/studies")

@@ -15,8 +15,9 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from storage import audit, keyobjects, outbound, registry
+from storage import keyobjects, outbound, registry
 from storage.archive import Archive
+from storage.audit import AuditTrail
 from storage.demographics import Identifier
 from storage.dicomheader import decode_attrs
 from storage.intake import Intake
@@ -168,16 +169,16 @@ def _view(frame: int, window: str | None, size: int | None, fmt: str) -> View:
 
 
 class Epj:
-    def __init__(self, archive: Archive, images: ImageService, intake: Intake | None) -> None:
+    def __init__(
+        self, archive: Archive, images: ImageService, trail: AuditTrail, intake: Intake | None
+    ) -> None:
+        self.trail = trail
         self.archive = archive
         self.images = images
         self.intake = intake
 
-    def _audit(
-        self, session: Session, who: Caller, action: str, patient: Patient, studies: list[str]
-    ) -> None:
-        audit.record(
-            session,
+    def _audit(self, who: Caller, action: str, patient: Patient, studies: list[str]) -> None:
+        self.trail.record(
             actor=who.user,
             role=who.role,
             source=who.address,
@@ -191,8 +192,7 @@ class Epj:
         with self.archive.sessions() as session:
             patient = _patient(session, patient_id, system)
             studies = studies_of(session, patient, _base(request))
-            self._audit(session, who, "epr.studies", patient, [s.study_uid for s in studies])
-            session.commit()
+            self._audit(who, "epr.studies", patient, [s.study_uid for s in studies])
             return PatientStudies(
                 patient_id=patient.patient_id,
                 name=patient.name,
@@ -224,8 +224,7 @@ class Epj:
                 patient.id != scope.patient_fk or (scope.study_uid and scope.study_uid != study_uid)
             ):
                 raise HTTPException(403, "the link does not cover this image")
-            self._audit(session, who, "epr.image", patient, [study_uid])
-            session.commit()
+            self._audit(who, "epr.image", patient, [study_uid])
             return inst
 
     def mark(
@@ -258,8 +257,7 @@ class Epj:
             insts = [inst for inst, _ in rows]
             modules = outbound.patient_modules(session, insts)
             refs = [outbound.indexed_header(i, modules[i.id]) for i in insts]
-            self._audit(session, who, "epr.mark-key-images", patient, [study_uid])
-            session.commit()
+            self._audit(who, "epr.mark-key-images", patient, [study_uid])
         try:
             payload = keyobjects.build(
                 refs,
@@ -316,13 +314,11 @@ class Epj:
                 if owner != patient.id:
                     raise HTTPException(404, "the study is not this patient's")
             self._audit(
-                session,
                 who,
                 f"epr.link-issued for {body.clinician}",
                 patient,
                 [body.study_uid or ""],
             )
-            session.commit()
             pid = patient.id
         now = int(time.time())
         claims = {
@@ -392,8 +388,7 @@ class Epj:
                     }
                 )
             series_out.sort(key=lambda x: _number(str(x["number"])))
-            self._audit(session, who, "epr.study-viewer", patient, [study_uid])
-            session.commit()
+            self._audit(who, "epr.study-viewer", patient, [study_uid])
             return {
                 "study_uid": study_uid,
                 "date": study.study_date,
@@ -414,8 +409,7 @@ class Epj:
             for st in studies:
                 for k in st.key_images:
                     k.image_url = f"{base}/images/{st.study_uid}/{k.sop_uid}?frame={k.frame}"
-            self._audit(session, who, "epr.key-image-page", patient, [s.study_uid for s in studies])
-            session.commit()
+            self._audit(who, "epr.key-image-page", patient, [s.study_uid for s in studies])
             return HTMLResponse(pages.key_images(patient, studies, lang, who.user, base))
 
 
@@ -441,8 +435,10 @@ def _base(request: Request) -> str:
     return str(request.base_url).rstrip("/") + "/epj/v1"
 
 
-def router(archive: Archive, images: ImageService, intake: Intake | None) -> APIRouter:
-    epj = Epj(archive, images, intake)
+def router(
+    archive: Archive, images: ImageService, trail: AuditTrail, intake: Intake | None
+) -> APIRouter:
+    epj = Epj(archive, images, trail, intake)
     r = APIRouter(prefix="/epj/v1", tags=["epr"])
 
     @r.get("/patients/{patient_id}/studies", response_model=PatientStudies)
@@ -523,9 +519,9 @@ def router(archive: Archive, images: ImageService, intake: Intake | None) -> API
     return r
 
 
-def iid_router(archive: Archive, images: ImageService) -> APIRouter:
+def iid_router(archive: Archive, images: ImageService, trail: AuditTrail) -> APIRouter:
     """IHE Invoke Image Display at the path the profile names, behind the same authentication."""
-    epj = Epj(archive, images, None)
+    epj = Epj(archive, images, trail, None)
     r = APIRouter(tags=["epr"])
 
     @r.get("/IHEInvokeImageDisplay")
