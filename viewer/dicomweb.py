@@ -30,9 +30,18 @@ from storage.archive import Archive
 from storage.audit import AuditTrail
 from storage.dicomheader import InvalidObject
 from storage.intake import Intake
-from storage.models import Instance, Series
+from storage.models import VISIBLE, Instance, Patient, Series, Study
 from storage.objects import ObjectNotFound, ObjectStoreError
-from storage.query import Level, Matcher, QueryError, keys_of, match, responses, tag_level
+from storage.query import (
+    NOT_REJECTED,
+    Level,
+    Matcher,
+    QueryError,
+    keys_of,
+    match,
+    responses,
+    tag_level,
+)
 from viewer.auth import CLINICAL_READERS, UPLOADERS, Caller, requires
 from viewer.images import ImageService
 from viewer.render import MEDIA, RenderError, View, Window
@@ -370,6 +379,34 @@ class DicomWeb:
             )
         return instances, patients, series_of
 
+    def _one(self, who: Caller, action: str, study: str, series: str, sop: str) -> Instance:
+        """One visible instance by its three UIDs, in a single query; audited."""
+        with self.archive.sessions() as session:
+            row = session.execute(
+                select(Instance, Patient.patient_id)
+                .join(Instance.series)
+                .join(Series.study)
+                .join(Study.patient)
+                .where(
+                    Instance.sop_uid == sop,
+                    Series.series_uid == series,
+                    Study.study_uid == study,
+                    Patient.status.in_(VISIBLE),
+                    NOT_REJECTED,
+                )
+            ).first()
+        if row is None:
+            raise HTTPException(404, "no such instance in the archive")
+        self.trail.record(
+            actor=who.user,
+            role=who.role,
+            source=who.address,
+            action=action,
+            detail=f"instance {sop}",
+            patients=[(row[1], study)],
+        )
+        return row[0]
+
     def retrieve(
         self,
         request: Request,
@@ -421,9 +458,9 @@ class DicomWeb:
         return Response(_json(out), media_type=DICOM_JSON)
 
     def bulk(self, who: Caller, study: str, series: str, sop: str, tag: str) -> StreamingResponse:
-        instances, _, _ = self._read(who, "dicomweb.bulkdata", study, series, sop)
+        inst = self._one(who, "dicomweb.bulkdata", study, series, sop)
         try:
-            value = outbound.bulk_value(self.archive.store, instances[0], int(tag, 16))
+            value = outbound.bulk_value(self.archive.store, inst, int(tag, 16))
         except ValueError:
             raise HTTPException(404, f"instance has no bulk data {tag!r}") from None
         except (ObjectNotFound, ObjectStoreError) as e:
@@ -439,9 +476,9 @@ class DicomWeb:
             wanted = [int(n) for n in numbers.split(",")]
         except ValueError:
             raise HTTPException(400, "frames are listed as 1-based numbers: 1,2,3") from None
-        instances, _, _ = self._read(who, "dicomweb.frames", study, series, sop)
+        inst = self._one(who, "dicomweb.frames", study, series, sop)
         try:
-            frames = outbound.frames(self.archive.store, instances[0], wanted)
+            frames = outbound.frames(self.archive.store, inst, wanted)
         except IndexError as e:
             raise HTTPException(404, str(e)) from None
         except ValueError as e:
@@ -463,8 +500,7 @@ class DicomWeb:
         thumbnail: bool = False,
     ) -> Response:
         view = _view(request, frame, thumbnail)
-        instances, _, _ = self._read(who, "dicomweb.rendered", *ids)
-        return self.images.response(instances[0], view)
+        return self.images.response(self._one(who, "dicomweb.rendered", *ids), view)
 
     def wado_uri(self, request: Request, who: Caller) -> Response:
         """WADO-URI (PS3.18 chapter 9): one object as DICOM or as a rendered image."""
