@@ -502,6 +502,14 @@ class DicomWeb:
         view = _view(request, frame, thumbnail)
         return self.images.response(self._one(who, "dicomweb.rendered", *ids), view)
 
+    async def rendered_async(
+        self, request: Request, who: Caller, ids: tuple[str, str, str]
+    ) -> Response:
+        """The hot path of a viewer: one indexed lookup, then the cache or a worker thread."""
+        view = _view(request, 1, False)
+        inst = self._one(who, "dicomweb.rendered", *ids)
+        return await self.images.response_async(inst, view)
+
     def wado_uri(self, request: Request, who: Caller) -> Response:
         """WADO-URI (PS3.18 chapter 9): one object as DICOM or as a rendered image."""
         q = request.query_params
@@ -754,8 +762,10 @@ def router(
         return web.wado_uri(request, who)
 
     @r.get("/studies/{study}/series/{series}/instances/{sop}/rendered")
-    def rendered(request: Request, who: Reader, study: str, series: str, sop: str) -> Response:
-        return web.rendered(request, who, (study, series, sop))
+    async def rendered(
+        request: Request, who: Reader, study: str, series: str, sop: str
+    ) -> Response:
+        return await web.rendered_async(request, who, (study, series, sop))
 
     @r.get("/studies/{study}/series/{series}/instances/{sop}/frames/{frame}/rendered")
     def frame_rendered(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import HTTPException, Response
+from fastapi.concurrency import run_in_threadpool
 
 from storage import outbound
 from storage.archive import Archive
@@ -31,8 +32,17 @@ class ImageService:
         return data
 
     def response(self, inst: Instance, view: View) -> Response:
-        return Response(
-            self.image(inst, view),
-            media_type=MEDIA[view.fmt],
-            headers={"Cache-Control": "private, max-age=300"},
-        )
+        return _response(self.image(inst, view), view)
+
+    async def response_async(self, inst: Instance, view: View) -> Response:
+        """Cache hits answer on the event loop; renders run in a worker thread."""
+        data = self.cache.get((inst.sop_uid, view))
+        if data is None:
+            data = await run_in_threadpool(self.image, inst, view)
+        return _response(data, view)
+
+
+def _response(data: bytes, view: View) -> Response:
+    return Response(
+        data, media_type=MEDIA[view.fmt], headers={"Cache-Control": "private, max-age=300"}
+    )
