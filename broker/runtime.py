@@ -10,6 +10,7 @@ from typing import Any
 
 import uvicorn
 
+from broker.commitment import CommitmentReporter
 from broker.dimse.server import receiver_main
 from broker.ingest import IngestWorker
 from broker.pas.adt import AdtApplier
@@ -47,6 +48,7 @@ class Runtime:
             allow_synthetic=settings.allow_synthetic_ids,
             app=settings.ae_title,
         )
+        self.commitments = CommitmentReporter(self.archive, wait=settings.commitment_wait)
         self.hl7: MllpListener | None = None
         self._stopping = threading.Event()
         self._forwarder: threading.Thread | None = None
@@ -70,6 +72,7 @@ class Runtime:
         self._forwarder = threading.Thread(target=self._forward, name="spool-notify", daemon=True)
         self._forwarder.start()
         threading.Thread(target=self.ingest.run, name="ingest", daemon=True).start()
+        threading.Thread(target=self.commitments.run, name="commitment", daemon=True).start()
         payload = self.settings.model_dump_json()
         for i in range(self.settings.receiver_count()):
             ready = self.ctx.Event()
@@ -120,6 +123,7 @@ class Runtime:
 
     def stop(self) -> None:
         self._stopping.set()
+        self.commitments.stop()
         if self.hl7 is not None:
             self.hl7.stop()
         for p in self.receivers:

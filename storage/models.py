@@ -246,3 +246,20 @@ class Rejection(Base):
     code: Mapped[str] = mapped_column(String(16))
     meaning: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Commitment(Base):
+    """A storage commitment request (push model), kept until its report has been delivered."""
+
+    __tablename__ = "commitments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    transaction_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    calling_ae: Mapped[str] = mapped_column(String(16))
+    address: Mapped[str] = mapped_column(String(128), default="")
+    items: Mapped[str] = mapped_column(Text)  # JSON [[sop_class_uid, sop_instance_uid], ...]
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    detail: Mapped[str] = mapped_column(Text, default="")
+    received_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    reported_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

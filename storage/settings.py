@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     pas_retry_interval: float = Field(
         default=10.0, description="Seconds between reconciliation rounds for unverified patients"
     )
+    commitment_wait: float = Field(
+        default=60.0,
+        description="Seconds a storage commitment waits for an instance still on its way",
+    )
     uid_root: str = Field(
         default="", description="UID root for objects we create; empty = UUID-derived 2.25 UIDs"
     )

@@ -20,6 +20,8 @@ PATIENT_GET = UID("1.2.840.10008.5.1.4.1.2.1.3")
 STUDY_FIND = UID("1.2.840.10008.5.1.4.1.2.2.1")
 STUDY_MOVE = UID("1.2.840.10008.5.1.4.1.2.2.2")
 STUDY_GET = UID("1.2.840.10008.5.1.4.1.2.2.3")
+STORAGE_COMMITMENT = UID("1.2.840.10008.1.20.1")  # push model
+STORAGE_COMMITMENT_INSTANCE = UID("1.2.840.10008.1.20.1.1")  # its well-known instance
 
 UNCOMPRESSED: list[str | UID] = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 STORAGE_SYNTAXES: list[str | UID] = [
@@ -60,6 +62,7 @@ def storage_classes() -> list[str]:
 def scp_contexts() -> list[PresentationContext]:
     out = [build_context(VERIFICATION, UNCOMPRESSED)]
     out += [build_context(uid, UNCOMPRESSED) for uid in QUERY_RETRIEVE]
+    out.append(build_context(STORAGE_COMMITMENT, UNCOMPRESSED))
     for uid in storage_classes():
         cx = build_context(uid, STORAGE_SYNTAXES)
         cx.scu_role, cx.scp_role = True, True

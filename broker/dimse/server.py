@@ -18,6 +18,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from broker.dimse.access import AccessPolicy, Action
 from broker.dimse.brisk import BriskRequestHandler, SharedContexts
+from broker.dimse.commitment import CommitmentRequestHandler
 from broker.dimse.contexts import scp_contexts
 from broker.dimse.find import FindHandler
 from broker.dimse.retrieve import RetrieveHandler
@@ -111,6 +112,7 @@ def receiver_main(settings_json: str, index: int, notify: Any, ready: MpEvent) -
         (evt.EVT_C_FIND, FindHandler(policy, archive)),
         (evt.EVT_C_MOVE, RetrieveHandler(policy, archive, move=True)),
         (evt.EVT_C_GET, RetrieveHandler(policy, archive, move=False)),
+        (evt.EVT_N_ACTION, CommitmentRequestHandler(policy, archive)),
         (evt.EVT_ACCEPTED, _log_assoc),
         (evt.EVT_REJECTED, _log_assoc),
         (evt.EVT_ABORTED, _log_assoc),

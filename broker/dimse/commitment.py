@@ -1,0 +1,81 @@
+"""Storage Commitment Push Model, SCP side of the request: N-ACTION is recorded, then answered.
+
+The report (N-EVENT-REPORT) comes later from the main process (broker/commitment.py), once every
+named instance is archived with a verified SHA-256 or known to be missing; the request is in the
+index first, so a restart in between loses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom.events import Event
+from sqlalchemy.exc import IntegrityError
+
+from broker.dimse.access import AccessPolicy, Action
+from broker.dimse.contexts import STORAGE_COMMITMENT
+from storage.archive import Archive
+from storage.models import Commitment
+
+log = logging.getLogger("pacsbroker.commitment")
+
+# PS3.7 C.4 (N-service) status codes
+NOT_AUTHORISED = 0x0124
+NO_SUCH_ACTION = 0x0123
+MISSING_ATTRIBUTE = 0x0120
+NO_SUCH_SOP_CLASS = 0x0118
+PROCESSING_FAILURE = 0x0110
+
+
+class CommitmentRequestHandler:
+    def __init__(self, policy: AccessPolicy, archive: Archive) -> None:
+        self.policy = policy
+        self.archive = archive
+
+    def __call__(self, event: Event) -> tuple[int, Dataset | None]:
+        calling = event.assoc.requestor.ae_title
+        address = event.assoc.requestor.address
+        decision = self.policy.decide(calling, address, Action.STORE)
+        if not decision.allowed:
+            log.warning("storage commitment from %s refused: %s", calling, decision.reason)
+            return NOT_AUTHORISED, None
+        req: Any = event.request
+        if str(req.RequestedSOPClassUID) != STORAGE_COMMITMENT:
+            return NO_SUCH_SOP_CLASS, None
+        if int(req.ActionTypeID) != 1:
+            return NO_SUCH_ACTION, None
+        try:
+            info = event.action_information
+            transaction = str(info.TransactionUID)
+            items = [
+                [str(r.ReferencedSOPClassUID), str(r.ReferencedSOPInstanceUID)]
+                for r in info.ReferencedSOPSequence
+            ]
+        except (AttributeError, ValueError) as e:
+            log.warning("storage commitment from %s malformed: %s", calling, e)
+            return MISSING_ATTRIBUTE, None
+        try:
+            with self.archive.sessions() as session, session.begin():
+                session.add(
+                    Commitment(
+                        transaction_uid=transaction[:64],
+                        calling_ae=calling[:16],
+                        address=address[:128],
+                        items=json.dumps(items),
+                    )
+                )
+        except IntegrityError:
+            log.info(
+                "storage commitment %s from %s repeated; already pending", transaction, calling
+            )
+            return 0x0000, None
+        except Exception:
+            log.exception("storage commitment %s from %s not recorded", transaction, calling)
+            return PROCESSING_FAILURE, None
+        log.info(
+            "storage commitment %s from %s: %d instances pending", transaction, calling, len(items)
+        )
+        return 0x0000, None
