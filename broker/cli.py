@@ -16,6 +16,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 from broker.logs import setup_logging
 from storage.settings import Settings
 
+# The calling AE title of `pacsbroker dicomize`; with PEERS set, it must be a peer that may store.
+DICOMIZE_AE = "PB-DICOMIZE"
 app = typer.Typer(help="PACS broker and vendor-neutral image archive.", no_args_is_help=True)
 console = Console(stderr=True)
 
@@ -71,13 +73,14 @@ def serve(
         rt.stop()
 
 
-def _send(directory: Path, host: str, port: int, called: str, calling: str) -> None:
+def _send(directory: Path, host: str, port: int, called: str, calling: str) -> bool:
+    """Send a folder with a progress bar; True when every file was accepted."""
     from broker.loader import dicom_files, load
 
     files = list(dicom_files(directory))
     if not files:
         console.print(f"[yellow]no DICOM files under {directory}[/yellow]")
-        return
+        return True
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -97,6 +100,7 @@ def _send(directory: Path, host: str, port: int, called: str, calling: str) -> N
     console.print(f"sent {result.sent} of {len(files)} files to {called}@{host}:{port}")
     for path, why in result.failed:
         console.print(f"[red]failed[/red] {path}: {why}")
+    return not result.failed
     if result.failed:
         raise typer.Exit(1)
 
@@ -115,12 +119,59 @@ def load_cmd(
         console.print(f"[red]{directory} does not exist[/red]")
         raise typer.Exit(2)
     try:
-        _send(
+        sent = _send(
             directory, host or _display_host(s), port or s.dicom_port, called or s.ae_title, calling
         )
     except ConnectionError as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(1) from None
+    if not sent:
+        raise typer.Exit(1)
+
+
+@app.command()
+def dicomize(
+    files: Annotated[list[Path], typer.Argument(help="Photos (JPEG/PNG/TIFF) and PDFs")],
+    patient: Annotated[str, typer.Option(help="Patient identifier (fødselsnummer, local ID)")],
+    system: Annotated[str, typer.Option(help="Identifier system URI, if ambiguous")] = "",
+    accession: Annotated[str, typer.Option(help="Accession number: files join that study")] = "",
+    title: Annotated[str, typer.Option(help="Document title for PDFs")] = "",
+    manufacturer: Annotated[str, typer.Option(help="Source device manufacturer")] = "",
+    model: Annotated[str, typer.Option(help="Source device model")] = "",
+    station: Annotated[str, typer.Option(help="Source device station name")] = "",
+) -> None:
+    """Turn files into DICOM objects for a registry/PAS patient and send them into the archive."""
+    import tempfile
+
+    from broker.dicomize.batch import Upload, build, resolve_patient
+    from broker.dicomize.common import Device, DicomizeError
+    from storage.archive import Archive
+
+    s = _settings()
+    archive = Archive(s, run_migrations=True)
+    try:
+        uploads = [Upload(f.name, f.read_bytes()) for f in files]
+        pm = resolve_patient(archive, patient, system)
+        objects = build(
+            uploads,
+            pm,
+            uid_root=s.uid_root,
+            accession=accession,
+            title=title,
+            device=Device(manufacturer, model, station),
+        )
+    except (DicomizeError, OSError) as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from None
+    finally:
+        archive.close()
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, ds in enumerate(objects):
+            ds.save_as(Path(tmp) / f"{i:04d}.dcm", enforce_file_format=True)
+        if not _send(Path(tmp), _display_host(s), s.dicom_port, s.ae_title, DICOMIZE_AE):
+            raise typer.Exit(1)
+    for f, ds in zip(files, objects, strict=True):
+        print(f"{f}\t{ds.StudyInstanceUID}\t{ds.SeriesInstanceUID}\t{ds.SOPInstanceUID}")
 
 
 @app.command()

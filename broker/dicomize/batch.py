@@ -1,0 +1,78 @@
+"""One upload batch: the patient from the registry (or PAS), one builder per file kind, all
+objects built before any is sent, so a bad file leaves nothing half-filed."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+
+from broker.dicomize.common import Device, DicomizeError, Placement
+from broker.dicomize.pdf import encapsulated_pdf
+from broker.dicomize.photo import photo
+from broker.pas.pdqm import PasClient, PasUnavailable
+from storage import registry
+from storage.archive import Archive
+from storage.demographics import Identifier
+from storage.patientmodule import PatientModule
+
+PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff"}
+
+
+@dataclass(frozen=True)
+class Upload:
+    name: str
+    data: bytes
+
+
+def resolve_patient(archive: Archive, patient_id: str, system: str = "") -> PatientModule:
+    """Demographics come from the registry, else from PAS; never from the file or its name."""
+    ident = Identifier(system, patient_id)
+    with archive.sessions() as session:
+        p = registry.find(session, ident)
+        if p is not None:
+            return PatientModule(p.patient_id, p.issuer, p.name, p.birth_date, p.sex)
+    s = archive.settings
+    if s.pas_fhir_url:
+        try:
+            found = PasClient(s.pas_fhir_url, timeout=s.pas_timeout, token=s.pas_token).lookup(
+                ident
+            )
+        except PasUnavailable as e:
+            raise DicomizeError(f"PAS cannot be asked about {patient_id} now: {e}") from None
+        if found is not None:
+            return PatientModule(patient_id, "", found.name, found.birth_date, found.sex)
+    raise DicomizeError(f"unknown patient {patient_id!r}: neither the registry nor PAS knows it")
+
+
+def build(
+    files: list[Upload],
+    patient: PatientModule,
+    *,
+    uid_root: str,
+    accession: str = "",
+    title: str = "",
+    device: Device | None = None,
+) -> list[Dataset]:
+    """DICOM objects for every file, in order; raises DicomizeError naming the first bad file."""
+    place = Placement(
+        patient, uid_root, batch=uuid.uuid4().hex, accession=accession, device=device or Device()
+    )
+    out = []
+    for number, f in enumerate(files, start=1):
+        name = f.name
+        if any(c in name for c in "/\\\0") or name in ("", ".", ".."):
+            raise DicomizeError(f"{name!r}: not a plain file name")
+        suffix = Path(name).suffix.lower()
+        try:
+            if suffix == ".pdf":
+                out.append(encapsulated_pdf(f.data, title or Path(name).stem, place, number))
+            elif suffix in PHOTO_SUFFIXES:
+                out.append(photo(f.data, place, number))
+            else:
+                raise DicomizeError(f"unsupported file type {suffix or '(none)'}")
+        except DicomizeError as e:
+            raise DicomizeError(f"{name}: {e}") from None
+    return out
