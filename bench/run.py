@@ -20,7 +20,8 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import data
-from bench.targets import ENV, PeakRss, Target, broker, orthanc
+from bench.targets import PeakRss, Target, broker, orthanc
+from tests.dcmtk import ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 Starter = Callable[[Path], AbstractContextManager[Target]]

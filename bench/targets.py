@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import threading
@@ -12,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.conftest import Broker, MinioServer
+from tests.dcmtk import ENV
 from tests.orthanc import Orthanc
 
-ENV = {**os.environ, "TCP_NODELAY": "1"}
 _ROLLUP = re.compile(r"^(Rss|Pss):\s+(\d+) kB", re.M)
 _COUNT = re.compile(r"\(0020,1208\) IS \[(\d+)")
 

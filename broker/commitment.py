@@ -19,16 +19,13 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role
 from sqlalchemy import select
 
+from broker.dimse.commitment import CLASS_INSTANCE_CONFLICT, NO_SUCH_OBJECT, PROCESSING_FAILURE
 from broker.dimse.contexts import STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE
 from storage.archive import Archive, sha256_of
 from storage.models import Commitment, Instance
 from storage.objects import ObjectNotFound, ObjectStoreError
 
 log = logging.getLogger("pacsbroker.commitment")
-
-NO_SUCH_OBJECT = 0x0112
-CLASS_INSTANCE_CONFLICT = 0x0119
-PROCESSING_FAILURE = 0x0110
 
 
 @dataclass

@@ -6,6 +6,7 @@ import logging
 import queue
 import threading
 from collections.abc import Iterable
+from typing import NotRequired, TypedDict, Unpack
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -14,15 +15,28 @@ from storage.models import AuditEvent
 log = logging.getLogger("pacsbroker.audit")
 
 
+class Event(TypedDict):
+    """What one audit event says: who (actor, role, source), what (action, detail, outcome)
+    and whose data (patient ID, study UID pairs)."""
+
+    actor: str
+    action: str
+    source: str
+    role: NotRequired[str]
+    patients: NotRequired[Iterable[tuple[str, str]]]
+    outcome: NotRequired[str]
+    detail: NotRequired[str]
+
+
 def _rows(
     *,
     actor: str,
     action: str,
     source: str,
-    role: str,
-    patients: Iterable[tuple[str, str]],
-    outcome: str,
-    detail: str,
+    role: str = "",
+    patients: Iterable[tuple[str, str]] = (),
+    outcome: str = "success",
+    detail: str = "",
 ) -> list[AuditEvent]:
     """One row per (patient_id, study_uid) touched; one row with no patient when none was."""
     pairs = list(dict.fromkeys(patients)) or [("", "")]
@@ -41,29 +55,9 @@ def _rows(
     ]
 
 
-def record(
-    session: Session,
-    *,
-    actor: str,
-    action: str,
-    source: str,
-    role: str = "",
-    patients: Iterable[tuple[str, str]] = (),
-    outcome: str = "success",
-    detail: str = "",
-) -> None:
+def record(session: Session, **event: Unpack[Event]) -> None:
     """Audit within the caller's transaction (changes: the event commits with the change)."""
-    session.add_all(
-        _rows(
-            actor=actor,
-            action=action,
-            source=source,
-            role=role,
-            patients=patients,
-            outcome=outcome,
-            detail=detail,
-        )
-    )
+    session.add_all(_rows(**event))
 
 
 class AuditTrail:
@@ -82,28 +76,8 @@ class AuditTrail:
         self._thread = threading.Thread(target=self._run, name="audit-trail", daemon=True)
         self._thread.start()
 
-    def record(
-        self,
-        *,
-        actor: str,
-        action: str,
-        source: str,
-        role: str = "",
-        patients: Iterable[tuple[str, str]] = (),
-        outcome: str = "success",
-        detail: str = "",
-    ) -> None:
-        self._queue.put(
-            _rows(
-                actor=actor,
-                action=action,
-                source=source,
-                role=role,
-                patients=patients,
-                outcome=outcome,
-                detail=detail,
-            )
-        )
+    def record(self, **event: Unpack[Event]) -> None:
+        self._queue.put(_rows(**event))
 
     def _drain(self) -> list[AuditEvent]:
         rows: list[AuditEvent] = []

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
+from storage import spool
 from storage.dicomheader import Identity, validate_part10
 from storage.spool import RecordRef, SpoolWriter
 
@@ -18,11 +18,6 @@ class Intake:
         """Spool one Part 10 file; returns its UIDs once it is on disk (raises InvalidObject,
         or OSError when the spool cannot be written)."""
         ident = validate_part10(payload)
-        meta = {
-            "calling_ae": source,
-            "address": address,
-            "received": time.time(),
-            "sop_uid": ident.sop_uid,
-        }
+        meta = spool.received(source, address, ident.sop_uid)
         self.notify(self.writer.append(meta, payload))
         return ident

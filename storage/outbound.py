@@ -5,6 +5,7 @@ Shared by every way out (C-MOVE/C-GET, DICOMweb), so they all show the same demo
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from io import BytesIO
 from typing import Any
 
@@ -16,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from storage import transcode
 from storage.dicomheader import decode_attrs
-from storage.models import Instance, Patient, Series, Study
+from storage.models import VISIBLE, Instance, Patient, Series, Study
 from storage.objects import ObjectStore
 from storage.patientmodule import PatientModule, differences
 from storage.patientmodule import apply as apply_patient
@@ -44,6 +45,28 @@ def instances_of(session: Session, level: Level, hits: list[Any]) -> list[Instan
     if not ids:
         return []
     return list(session.scalars(stmt.where(NOT_REJECTED).order_by(Instance.series_fk, Instance.id)))
+
+
+def visible_instances(
+    session: Session, study_uid: str, sop_uids: Iterable[str], series_uid: str = ""
+) -> list[tuple[Instance, Patient]]:
+    """Named instances of a study that clinical reads may see, with their patients, in one
+    query: the patient is neither quarantined nor merged away, the instance not rejected."""
+    stmt = (
+        select(Instance, Patient)
+        .join(Instance.series)
+        .join(Series.study)
+        .join(Study.patient)
+        .where(
+            Study.study_uid == study_uid,
+            Instance.sop_uid.in_(list(sop_uids)),
+            Patient.status.in_(VISIBLE),
+            NOT_REJECTED,
+        )
+    )
+    if series_uid:
+        stmt = stmt.where(Series.series_uid == series_uid)
+    return [(inst, patient) for inst, patient in session.execute(stmt)]
 
 
 def patient_modules(session: Session, instances: list[Instance]) -> dict[int, PatientModule]:
@@ -80,14 +103,17 @@ def load(store: ObjectStore, inst: Instance, pm: PatientModule) -> Dataset:
     return apply_patient(stored(store, inst), pm)
 
 
-def part10(store: ObjectStore, inst: Instance, pm: PatientModule, syntaxes: set[str]) -> bytes:
+def part10(
+    store: ObjectStore, inst: Instance, pm: PatientModule, syntaxes: set[str]
+) -> tuple[bytes, str]:
     """The object as a Part 10 file in one of `syntaxes` ("*": any) with the current patient
-    module: the stored bytes themselves whenever neither needs to change."""
+    module, and the transfer syntax it is in: the stored bytes themselves whenever neither
+    needs to change."""
     raw = store.get(inst.object_key)
     header = dcmread(BytesIO(raw), stop_before_pixels=True)
     as_stored = "*" in syntaxes or inst.transfer_syntax in syntaxes
     if as_stored and not differences(header, pm):
-        return raw
+        return raw, inst.transfer_syntax
     ds = apply_patient(dcmread(BytesIO(raw)), pm)
     if not as_stored:
         ds = transcode.fit(ds, syntaxes)
@@ -97,7 +123,7 @@ def part10(store: ObjectStore, inst: Instance, pm: PatientModule, syntaxes: set[
             ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     out = BytesIO()
     ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
+    return out.getvalue(), str(ds.file_meta.TransferSyntaxUID)
 
 
 def indexed_header(inst: Instance, pm: PatientModule) -> Dataset:

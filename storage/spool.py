@@ -46,6 +46,11 @@ class Record:
     payload: bytes
 
 
+def received(source: str, address: str, sop_uid: str) -> dict[str, Any]:
+    """The record metadata ingest relies on: who sent it, from where, when, which object."""
+    return {"calling_ae": source, "address": address, "received": time.time(), "sop_uid": sop_uid}
+
+
 def _encode(meta: dict[str, Any], payload: bytes) -> bytes:
     m = json.dumps(meta, separators=(",", ":")).encode()
     crc = zlib.crc32(payload, zlib.crc32(m))

@@ -62,6 +62,6 @@ def create_app(
     images = ImageService(archive)
     app.include_router(dicomweb_router(archive, images, trail, intake))
     app.include_router(epr_router(archive, images, trail, intake))
-    app.include_router(iid_router(archive, images, trail))
+    app.include_router(iid_router(archive, trail))
     install_link_errors(app)
     return app

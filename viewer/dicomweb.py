@@ -10,13 +10,11 @@ import json
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from io import BytesIO
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
-from pydicom import dcmread
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -30,10 +28,9 @@ from storage.archive import Archive
 from storage.audit import AuditTrail
 from storage.dicomheader import InvalidObject
 from storage.intake import Intake
-from storage.models import VISIBLE, Instance, Patient, Series, Study
+from storage.models import Instance, Series
 from storage.objects import ObjectNotFound, ObjectStoreError
 from storage.query import (
-    NOT_REJECTED,
     Level,
     Matcher,
     QueryError,
@@ -382,30 +379,19 @@ class DicomWeb:
     def _one(self, who: Caller, action: str, study: str, series: str, sop: str) -> Instance:
         """One visible instance by its three UIDs, in a single query; audited."""
         with self.archive.sessions() as session:
-            row = session.execute(
-                select(Instance, Patient.patient_id)
-                .join(Instance.series)
-                .join(Series.study)
-                .join(Study.patient)
-                .where(
-                    Instance.sop_uid == sop,
-                    Series.series_uid == series,
-                    Study.study_uid == study,
-                    Patient.status.in_(VISIBLE),
-                    NOT_REJECTED,
-                )
-            ).first()
-        if row is None:
+            found = outbound.visible_instances(session, study, [sop], series)
+        if not found:
             raise HTTPException(404, "no such instance in the archive")
+        ((inst, patient),) = found
         self.trail.record(
             actor=who.user,
             role=who.role,
             source=who.address,
             action=action,
             detail=f"instance {sop}",
-            patients=[(row[1], study)],
+            patients=[(patient.patient_id, study)],
         )
-        return row[0]
+        return inst
 
     def retrieve(
         self,
@@ -422,10 +408,9 @@ class DicomWeb:
         def parts() -> Iterator[tuple[str, bytes]]:
             for inst in instances:
                 try:
-                    body = outbound.part10(store, inst, patients[inst.id], accepted.syntaxes)
+                    body, ts = outbound.part10(store, inst, patients[inst.id], accepted.syntaxes)
                 except (ObjectNotFound, ObjectStoreError):
                     continue  # logged by the store; the client sees the part missing
-                ts = dcmread(BytesIO(body), stop_before_pixels=True).file_meta.TransferSyntaxUID
                 yield f"application/dicom; transfer-syntax={ts}", body
 
         return _multipart_response(parts(), "application/dicom")
@@ -525,7 +510,7 @@ class DicomWeb:
         if content == "application/dicom":
             syntax = q.get("transferSyntax", ExplicitVRLittleEndian)
             try:
-                body = outbound.part10(self.archive.store, inst, patients[inst.id], {syntax})
+                body, _ = outbound.part10(self.archive.store, inst, patients[inst.id], {syntax})
             except (ObjectNotFound, ObjectStoreError) as e:
                 raise HTTPException(503, f"object unreadable: {e}") from None
             return Response(body, media_type="application/dicom")

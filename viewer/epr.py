@@ -88,9 +88,14 @@ class LinkOut(BaseModel):
 
 @dataclass(frozen=True)
 class Scope:
+    """What a signed link opens: one patient, and one study of it when `study_uid` is set."""
+
     clinician: str
     patient_fk: int
     study_uid: str
+
+    def covers(self, patient_fk: int, study_uid: str) -> bool:
+        return patient_fk == self.patient_fk and self.study_uid in ("", study_uid)
 
 
 def _patient(session: Session, patient_id: str, system: str) -> Patient:
@@ -169,12 +174,9 @@ def _view(frame: int, window: str | None, size: int | None, fmt: str) -> View:
 
 
 class Epj:
-    def __init__(
-        self, archive: Archive, images: ImageService, trail: AuditTrail, intake: Intake | None
-    ) -> None:
+    def __init__(self, archive: Archive, trail: AuditTrail, intake: Intake | None) -> None:
         self.trail = trail
         self.archive = archive
-        self.images = images
         self.intake = intake
 
     def _audit(self, who: Caller, action: str, patient: Patient, studies: list[str]) -> None:
@@ -205,24 +207,11 @@ class Epj:
         self, who: Caller, study_uid: str, sop_uid: str, scope: Scope | None = None
     ) -> Instance:
         with self.archive.sessions() as session:
-            row = session.execute(
-                select(Instance, Patient)
-                .join(Instance.series)
-                .join(Series.study)
-                .join(Study.patient)
-                .where(
-                    Instance.sop_uid == sop_uid,
-                    Study.study_uid == study_uid,
-                    Patient.status.in_(VISIBLE),
-                    NOT_REJECTED,
-                )
-            ).first()
-            if row is None:
+            found = outbound.visible_instances(session, study_uid, [sop_uid])
+            if not found:
                 raise HTTPException(404, "no such image in the archive")
-            inst, patient = row
-            if scope is not None and (
-                patient.id != scope.patient_fk or (scope.study_uid and scope.study_uid != study_uid)
-            ):
+            ((inst, patient),) = found
+            if scope is not None and not scope.covers(patient.id, study_uid):
                 raise HTTPException(403, "the link does not cover this image")
             self._audit(who, "epr.image", patient, [study_uid])
             return inst
@@ -235,24 +224,11 @@ class Epj:
             raise HTTPException(503, "this server does not accept new objects (no spool)")
         wanted = set(body.sop_uids)
         with self.archive.sessions() as session:
-            rows = session.execute(
-                select(Instance, Patient)
-                .join(Instance.series)
-                .join(Series.study)
-                .join(Study.patient)
-                .where(
-                    Study.study_uid == study_uid,
-                    Instance.sop_uid.in_(wanted),
-                    Patient.status.in_(VISIBLE),
-                    NOT_REJECTED,
-                )
-            ).all()
+            rows = outbound.visible_instances(session, study_uid, wanted)
             if len(rows) != len(wanted):
                 raise HTTPException(404, "not every image named is in this study")
             patient = rows[0][1]
-            if scope is not None and (
-                patient.id != scope.patient_fk or scope.study_uid not in ("", study_uid)
-            ):
+            if scope is not None and not scope.covers(patient.id, study_uid):
                 raise HTTPException(403, "the link does not cover this study")
             insts = [inst for inst, _ in rows]
             modules = outbound.patient_modules(session, insts)
@@ -367,7 +343,7 @@ class Epj:
             if row is None:
                 raise HTTPException(404, "no such study in the archive")
             study, patient = row
-            if patient.id != scope.patient_fk or scope.study_uid not in ("", study_uid):
+            if not scope.covers(patient.id, study_uid):
                 raise HTTPException(403, "the link does not cover this study")
             series_out = []
             for se in session.scalars(select(Series).where(Series.study_fk == study.id)):
@@ -438,7 +414,7 @@ def _base(request: Request) -> str:
 def router(
     archive: Archive, images: ImageService, trail: AuditTrail, intake: Intake | None
 ) -> APIRouter:
-    epj = Epj(archive, images, trail, intake)
+    epj = Epj(archive, trail, intake)
     r = APIRouter(prefix="/epj/v1", tags=["epr"])
 
     @r.get("/patients/{patient_id}/studies", response_model=PatientStudies)
@@ -519,9 +495,9 @@ def router(
     return r
 
 
-def iid_router(archive: Archive, images: ImageService, trail: AuditTrail) -> APIRouter:
+def iid_router(archive: Archive, trail: AuditTrail) -> APIRouter:
     """IHE Invoke Image Display at the path the profile names, behind the same authentication."""
-    epj = Epj(archive, images, trail, None)
+    epj = Epj(archive, trail, None)
     r = APIRouter(tags=["epr"])
 
     @r.get("/IHEInvokeImageDisplay")

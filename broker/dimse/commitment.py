@@ -22,7 +22,9 @@ from storage.models import Commitment
 
 log = logging.getLogger("pacsbroker.commitment")
 
-# PS3.7 C.4 (N-service) status codes
+# PS3.7 C.4 (N-service) status codes, also the failure reasons of a commitment report
+NO_SUCH_OBJECT = 0x0112
+CLASS_INSTANCE_CONFLICT = 0x0119
 NOT_AUTHORISED = 0x0124
 NO_SUCH_ACTION = 0x0123
 MISSING_ATTRIBUTE = 0x0120

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +10,7 @@ from pydicom.dataset import Dataset
 from pynetdicom.events import Event
 
 from broker.dimse.access import AccessPolicy, Action
+from storage import spool
 from storage.dicomheader import InvalidObject, validate
 from storage.spool import RecordRef, SpoolWriter
 
@@ -60,12 +60,7 @@ class StoreHandler:
             msg = "SOPInstanceUID differs from the command's Affected SOP Instance UID"
             log.warning("C-STORE from %s rejected: %s", calling, msg)
             return status(UID_MISMATCH, msg)
-        meta = {
-            "calling_ae": calling,
-            "address": address,
-            "received": time.time(),
-            "sop_uid": ident.sop_uid,
-        }
+        meta = spool.received(calling, address, ident.sop_uid)
         try:
             ref = self.writer.append(meta, event.encoded_dataset(include_meta=True))
         except OSError as e:
