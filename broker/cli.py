@@ -48,6 +48,7 @@ def serve(
     rt = Runtime(s)
     rt.start_dicom()
     rt.start_pas()
+    rt.start_hotfolders()
     host = _display_host(s)
     console.print(
         f"[bold]pacsbroker[/bold] DICOM: AE title [cyan]{s.ae_title}[/cyan] "

@@ -6,12 +6,14 @@ import logging
 import multiprocessing as mp
 import threading
 import time
+from functools import cached_property
 from typing import Any
 
 import uvicorn
 
 from broker.commitment import CommitmentReporter
 from broker.dimse.server import receiver_main
+from broker.hotfolder import HotFolders
 from broker.ingest import IngestWorker
 from broker.pas.adt import AdtApplier
 from broker.pas.listener import MllpListener
@@ -50,6 +52,7 @@ class Runtime:
         )
         self.commitments = CommitmentReporter(self.archive, wait=settings.commitment_wait)
         self.hl7: MllpListener | None = None
+        self.hotfolders: HotFolders | None = None
         self._stopping = threading.Event()
         self._forwarder: threading.Thread | None = None
         self.ctx = mp.get_context("spawn")
@@ -98,6 +101,17 @@ class Runtime:
         if self.pas is not None:
             threading.Thread(target=self._reverify, name="pas-reverify", daemon=True).start()
 
+    def start_hotfolders(self) -> None:
+        """Device drop folders, filed through the same spool as STOW-RS and uploads."""
+        s = self.settings
+        if not s.hotfolders:
+            return
+        self.hotfolders = HotFolders(self.archive, self.intake, s.hotfolders)
+        threading.Thread(
+            target=self.hotfolders.run, args=(s.hotfolder_interval,), name="hotfolders", daemon=True
+        ).start()
+        log.info("watching %d hot folders", len(s.hotfolders))
+
     def _reverify(self) -> None:
         while not self._stopping.wait(self.settings.pas_retry_interval):
             try:
@@ -124,6 +138,8 @@ class Runtime:
     def stop(self) -> None:
         self._stopping.set()
         self.commitments.stop()
+        if self.hotfolders is not None:
+            self.hotfolders.stop()
         if self.hl7 is not None:
             self.hl7.stop()
         for p in self.receivers:
@@ -138,8 +154,10 @@ class Runtime:
         if self._forwarder is not None:
             self._forwarder.join(5)
 
-    def _intake(self) -> Intake:
-        """Spool for objects uploaded over HTTP (STOW-RS), feeding the same ingest queue."""
+    @cached_property
+    def intake(self) -> Intake:
+        """Spool for objects that arrive other than by C-STORE (STOW-RS, uploads, hot
+        folders), feeding the same ingest queue."""
         queue = self.ingest.queue
         writer = SpoolWriter(
             self.settings.spool_dir / "http",
@@ -149,7 +167,7 @@ class Runtime:
         return Intake(writer, queue.put)
 
     def serve_http(self) -> None:
-        app = create_app(self.archive, self.status, self._intake())
+        app = create_app(self.archive, self.status, self.intake)
         config = uvicorn.Config(
             app,
             host=self.settings.bind_host,

@@ -31,6 +31,22 @@ class Peer(BaseModel):
         return v
 
 
+class HotFolder(BaseModel):
+    """A folder a device drops files into; files carry their patient in a sidecar JSON
+    (`<file>.json`) or in their name (`pattern`, a regex with a `patient` group)."""
+
+    path: Path
+    manufacturer: str = ""
+    model: str = ""
+    station: str = ""
+    pattern: str = ""
+    system: str = Field(default="", description="Identifier system of the patient IDs")
+    settle: float = Field(default=2.0, description="Seconds a file must stay unchanged")
+    sidecar_wait: float = Field(
+        default=300.0, description="Seconds a file waits for its sidecar before it is refused"
+    )
+
+
 class _TomlSource(PydanticBaseSettingsSource):
     """Reads the file named by PACSBROKER_CONFIG, if any; environment variables win."""
 
@@ -89,6 +105,10 @@ class Settings(BaseSettings):
     uid_root: str = Field(
         default="", description="UID root for objects we create; empty = UUID-derived 2.25 UIDs"
     )
+    hotfolders: list[HotFolder] = Field(
+        default_factory=list, description="Device drop folders to DICOM-ize (JSON list)"
+    )
+    hotfolder_interval: float = Field(default=1.0, description="Seconds between folder scans")
     stow_max_mb: int = Field(default=2048, description="Largest STOW-RS request body accepted")
     cors_origins: list[str] = Field(
         default_factory=list, description="Web origins (e.g. an OHIF viewer) allowed to call us"

@@ -20,6 +20,7 @@ from viewer.dicomweb import router as dicomweb_router
 from viewer.epr import iid_router, install_link_errors
 from viewer.epr import router as epr_router
 from viewer.images import ImageService
+from viewer.upload import router as upload_router
 
 
 class Health(BaseModel):
@@ -63,5 +64,6 @@ def create_app(
     app.include_router(dicomweb_router(archive, images, trail, intake))
     app.include_router(epr_router(archive, images, trail, intake))
     app.include_router(iid_router(archive, trail))
+    app.include_router(upload_router(archive, trail, intake))
     install_link_errors(app)
     return app

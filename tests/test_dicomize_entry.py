@@ -1,0 +1,162 @@
+"""Entry points of DICOM-ization: HTTP upload and hot folders, through the spool into the
+archive, with PAS demographics, and clear refusals that leave nothing behind."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from pydicom import dcmread
+
+from tests.conftest import Broker, free_port
+from tests.dciodvfy import errors as dciodvfy_errors
+from tests.dcmtk import findscu, movescu
+from tests.test_dicomize import encoded, pdf
+from tests.test_dimse import counts, storescp, wait_instances
+from tests.test_pas import KARI, pas  # noqa: F401  (fixture)
+
+JPEG = encoded("JPEG", quality=90)
+FILES = {"photo.jpg": JPEG, "scan.png": encoded("PNG"), "henvisning.pdf": pdf()}
+BAD = [
+    ("cut.jpg", JPEG[:700], "not a readable image"),
+    ("fake.pdf", b"hello, not a pdf", "not a PDF"),
+    ("empty.png", b"", "empty"),
+    ("../../etc/passwd.jpg", JPEG, "not a plain file name"),
+]
+
+
+@pytest.fixture
+def dest() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def broker(broker_factory, pas: str, tmp_path: Path, dest: int) -> Broker:  # noqa: F811
+    peers = [{"ae": "FINDSCU"}, {"ae": "MOVESCU"}, {"ae": "STORESCP", "port": dest}]
+    folders = [
+        {"path": str(tmp_path / "eye"), "station": "EYE1", "settle": 0.3},
+        {
+            "path": str(tmp_path / "lab"),
+            "station": "LAB1",
+            "pattern": r"(?P<patient>\d{11})_(?P<accession>[A-Z0-9]+)_.*",
+            "settle": 0.3,
+        },
+    ]
+    return broker_factory(
+        {
+            "PACSBROKER_PEERS": json.dumps(peers),
+            "PACSBROKER_PAS_FHIR_URL": f"{pas}/fhir",
+            "PACSBROKER_HOTFOLDERS": json.dumps(folders),
+            "PACSBROKER_HOTFOLDER_INTERVAL": "0.2",
+        }
+    ).start()
+
+
+def upload(
+    b: Broker, files: dict[str, bytes], role: str = "modality", **form: str
+) -> httpx.Response:
+    tok = b.cli("token", "--user", "camera-1", "--role", role).stdout.strip()
+    return httpx.post(
+        f"http://127.0.0.1:{b.http_port}/api/v1/dicomize",
+        data={"patient_id": KARI, **form},
+        files=[("files", (name, data)) for name, data in files.items()],
+        headers={"Authorization": f"Bearer {tok}"},
+        timeout=60,
+    )
+
+
+def archived_and_valid(b: Broker, study_uid: str, n: int, dest: int, tmp: Path) -> None:
+    """Findable by findscu, retrievable by movescu, valid under dciodvfy, PAS demographics."""
+    found = findscu(
+        b.dicom_port,
+        {"QueryRetrieveLevel": "IMAGE", "StudyInstanceUID": study_uid, "PatientName": ""},
+    )
+    assert len(found) == n and {str(f.PatientName) for f in found} == {"Nordmann^Kari"}
+    scp = storescp(dest, tmp)
+    try:
+        r = movescu(b.dicom_port, "STORESCP", study_uid)
+        assert r.returncode == 0, r.stderr
+    finally:
+        scp.terminate()
+        scp.wait(10)
+    got = sorted(tmp.iterdir())
+    assert len(got) == n
+    for path in got:
+        assert dciodvfy_errors(path) == [], path
+        assert dcmread(path).PatientID == KARI
+
+
+def test_http_upload_files_every_kind_and_refuses_bad_input(
+    broker: Broker, dest: int, tmp_path: Path
+) -> None:
+    r = upload(broker, FILES, accession="ACC77", station="EYE1")
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["patient_name"] == "Nordmann^Kari"
+    assert [i["file"] for i in body["instances"]] == list(FILES)
+    wait_instances(broker, len(FILES))
+    archived_and_valid(broker, body["study_uid"], len(FILES), dest, tmp_path / "moved")
+
+    for name, data, message in BAD:
+        r = upload(broker, {"fine.png": encoded("PNG"), name: data})
+        assert r.status_code == 422 and message in r.json()["detail"], (name, r.text)
+    r = upload(broker, {"photo.jpg": JPEG}, patient_id="00000000000")
+    assert r.status_code == 422 and "unknown patient" in r.json()["detail"]
+    assert upload(broker, {"photo.jpg": JPEG}, role="clinician").status_code == 403
+    assert httpx.post(f"http://127.0.0.1:{broker.http_port}/api/v1/dicomize").status_code == 401
+    time.sleep(1)
+    assert counts(broker)["instances"] == len(FILES)  # no partial object from any refusal
+
+
+def wait_for(check, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.time() + timeout
+    while not check():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def test_hot_folders_file_ready_files_and_explain_refusals(
+    broker: Broker, dest: int, tmp_path: Path
+) -> None:
+    eye, lab = tmp_path / "eye", tmp_path / "lab"
+    (eye / "fundus.jpg.part").write_bytes(JPEG[:500])  # still being copied
+    for name, data in FILES.items():
+        (eye / name).write_bytes(data)
+        (eye / f"{name}.json").write_text(json.dumps({"patient": KARI, "accession": "EYE9"}))
+    (lab / f"{KARI}_LAB5_result.pdf").write_bytes(pdf())
+    for name, data, _ in BAD[:3]:
+        (eye / name).write_bytes(data)
+        (eye / f"{name}.json").write_text(json.dumps({"patient": KARI}))
+    (eye / "stray.jpg").write_bytes(JPEG)
+    (eye / "stray.jpg.json").write_text("{not json")
+    (lab / "nobody.pdf").write_bytes(pdf())
+
+    wait_for(lambda: not any(p.is_file() for p in eye.iterdir() if p.suffix != ".part"))
+    wait_for(lambda: not any(p.is_file() for p in lab.iterdir()))
+    wait_instances(broker, len(FILES) + 1)
+    assert (eye / "fundus.jpg.part").exists()  # partial files are never taken
+    done = sorted(p.name for p in (eye / "done").rglob("*") if p.is_file())
+    assert done == sorted([*FILES, *(f"{n}.json" for n in FILES)])
+    reasons = {
+        p.name.removesuffix(".reason.txt"): p.read_text()
+        for p in [*(eye / "error").glob("*.reason.txt"), *(lab / "error").glob("*.reason.txt")]
+    }
+    for name, _, message in BAD[:3]:
+        assert message in reasons[name], reasons
+    assert "not valid JSON" in reasons["stray.jpg"]
+    assert "does not match" in reasons["nobody.pdf"]
+
+    found = findscu(
+        broker.dicom_port,
+        {"QueryRetrieveLevel": "STUDY", "AccessionNumber": "EYE9", "StudyInstanceUID": ""},
+    )
+    assert len(found) == 1
+    archived_and_valid(broker, str(found[0].StudyInstanceUID), len(FILES), dest, tmp_path / "m")
+    (lab_study,) = findscu(
+        broker.dicom_port,
+        {"QueryRetrieveLevel": "STUDY", "AccessionNumber": "LAB5", "PatientID": ""},
+    )
+    assert lab_study.PatientID == KARI
