@@ -125,5 +125,22 @@ def many_studies(root: Path, count: int) -> Path:
     return _write(folder, items())
 
 
+def studies(root: Path, count: int, per_study: int, size: int) -> Path:
+    """`count` CT studies of `per_study` images of size² pixels, one a day from 2024-01-01."""
+    folder = root / f"studies{count}x{per_study}-{size}"
+    if folder.exists():
+        return folder
+
+    def items() -> Iterator[Dataset]:
+        for n in range(count):
+            study = _uid("multi", n, size, "study")
+            patient = (f"BENCH^MIGRATE{n % 10}", f"BM{n % 10:06d}")
+            when = date(2024, 1, 1) + timedelta(days=n)
+            for i in range(per_study):
+                yield _ct(study, _uid(study, "s"), i, size, patient, when, "CT")
+
+    return _write(folder, items())
+
+
 def files(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.dcm"))

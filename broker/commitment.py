@@ -1,9 +1,11 @@
 """Storage commitment reports: each pending request is answered with an N-EVENT-REPORT once every
 instance it names is archived with a verified SHA-256, or is known to be missing or wrong.
 
-Runs in the main process; requests come from the index (recorded by the receivers), so pending
-commitments survive restarts. Reports go on a new association to the requester's address in the
-peer table, retried with back-off while the requester cannot be reached.
+Runs in the main process, apart from the job queue so that a long migration or export never
+delays a modality waiting to delete its copies; requests come from the index (recorded by the
+receivers), so pending commitments survive restarts, and each attempt is claimed in the index, so
+broker processes sharing it never both send a report. Reports go on a new association to the
+requester's address in the peer table, retried with back-off while it cannot be reached.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from broker.dimse.commitment import CLASS_INSTANCE_CONFLICT, NO_SUCH_OBJECT, PROCESSING_FAILURE
 from broker.dimse.contexts import STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE
@@ -84,9 +86,24 @@ class CommitmentReporter:
             if self._next_try.get(c.id, 0.0) > now:
                 continue
             verdict = self.judge(c)
-            if verdict.waiting:
+            if verdict.waiting or not self._claim(c):
                 continue
             self.deliver(c, verdict)
+
+    def _claim(self, c: Commitment) -> bool:
+        """Count this attempt, unless another broker process sharing the index already did:
+        the conditional UPDATE lets exactly one process send each report."""
+        with self.archive.sessions() as session, session.begin():
+            result = session.execute(
+                update(Commitment)
+                .where(
+                    Commitment.id == c.id,
+                    Commitment.status == "pending",
+                    Commitment.attempts == c.attempts,
+                )
+                .values(attempts=Commitment.attempts + 1)
+            )
+            return bool(getattr(result, "rowcount", 0))
 
     def judge(self, c: Commitment) -> Verdict:
         items = [tuple(i) for i in json.loads(c.items)]
@@ -111,7 +128,7 @@ class CommitmentReporter:
                 verdict.failed.append((sop_class, sop, CLASS_INSTANCE_CONFLICT))
                 continue
             try:
-                intact = sha256_of(self.archive.store.get(inst.object_key)) == inst.sha256
+                intact = sha256_of(self.archive.far.get(inst.object_key)) == inst.sha256
             except ObjectNotFound:
                 intact = False
             except ObjectStoreError:
@@ -143,7 +160,6 @@ class CommitmentReporter:
             row = session.get(Commitment, c.id)
             if row is None:
                 return
-            row.attempts += 1
             if error:
                 row.detail = error
                 self._next_try[c.id] = time.time() + min(2.0**row.attempts, 300.0)

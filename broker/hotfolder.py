@@ -8,7 +8,9 @@ copy in progress is never read half-written.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import hashlib
 import json
 import logging
 import re
@@ -180,11 +182,15 @@ class HotFolders:
         are filed one by one so a bad file does not hold back the good ones."""
         try:
             uploads = [Upload(i.path.name, i.path.read_bytes()) for i in items]
+            # the same files give the same UIDs: refiling after a crash makes no duplicates
+            digest = hashlib.sha256(str(w.root).encode())
+            for u in uploads:
+                digest.update(u.name.encode() + b"\0" + hashlib.sha256(u.data).digest())
             objects = submit(
                 self.archive,
                 self.intake,
                 uploads,
-                items[0].request,
+                dataclasses.replace(items[0].request, batch=digest.hexdigest()),
                 source=SOURCE_AE,
                 address=str(w.root),
             )

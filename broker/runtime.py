@@ -15,8 +15,10 @@ from broker.commitment import CommitmentReporter
 from broker.dimse.server import receiver_main
 from broker.hotfolder import HotFolders
 from broker.ingest import IngestWorker
+from broker.jobs import JobRunner, schedules
 from broker.pas.adt import AdtApplier
-from broker.pas.listener import MllpListener
+from broker.pas.listener import MllpListener, route
+from broker.pas.orders import OrderApplier
 from broker.pas.pdqm import PasClient
 from broker.pas.reconcile import Reconciler
 from storage.archive import Archive
@@ -50,7 +52,19 @@ class Runtime:
             allow_synthetic=settings.allow_synthetic_ids,
             app=settings.ae_title,
         )
+        self.orders = OrderApplier(
+            self.archive.sessions,
+            allow_synthetic=settings.allow_synthetic_ids,
+            app=settings.ae_title,
+            uid_root=settings.uid_root,
+        )
         self.commitments = CommitmentReporter(self.archive, wait=settings.commitment_wait)
+        self.jobs = JobRunner(
+            self.archive,
+            workers=settings.job_workers,
+            lease=settings.job_lease,
+            plan=schedules(settings),
+        )
         self.hl7: MllpListener | None = None
         self.hotfolders: HotFolders | None = None
         self._stopping = threading.Event()
@@ -95,7 +109,12 @@ class Runtime:
         """The HL7 listener, and a loop that asks PAS about patients filed while it was down."""
         s = self.settings
         if s.hl7_port:
-            self.hl7 = MllpListener(s.bind_host, s.hl7_port, self.adt.handle)
+            # ADT also answers message types nobody handles, with an AR naming the type
+            handle = route(
+                {"ADT": self.adt.handle, "ORM": self.orders.handle, "OMG": self.orders.handle},
+                fallback=self.adt.handle,
+            )
+            self.hl7 = MllpListener(s.bind_host, s.hl7_port, handle)
             self.hl7.start()
             log.info("HL7 MLLP listener on %s:%d", s.bind_host, s.hl7_port)
         if self.pas is not None:
@@ -135,9 +154,14 @@ class Runtime:
             "uptime_s": int(time.time() - self.started),
         }
 
+    def start_jobs(self) -> None:
+        """Durable jobs (retention sweeps, fixity checks, …) and their schedules."""
+        self.jobs.start()
+
     def stop(self) -> None:
         self._stopping.set()
         self.commitments.stop()
+        self.jobs.stop()
         if self.hotfolders is not None:
             self.hotfolders.stop()
         if self.hl7 is not None:

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from storage import registry
+from storage import registry, removal
 from storage.demographics import Demographics, Identifier
 from storage.dicomheader import Header
 from storage.models import Conflict, Instance, Patient, PatientStatus, Quarantined, Series, Study
@@ -118,12 +118,17 @@ def file_instances(
 ) -> list[Outcome]:
     """Index archived objects; the caller commits. Same UID twice: duplicate or conflict."""
     known = existing(session, [a.header.sop_uid for a in items])
+    removed = removal.removed_since(session, {a.header.sop_uid: a.received_at for a in items})
     patients: dict[tuple[str, str], Patient] = {}
     studies: dict[str, int] = {}
     series: dict[str, int] = {}
     out: list[Outcome] = []
     for a in items:
         h = a.header
+        if h.sop_uid in removed:  # a spool replay of what retention deleted since: stays deleted
+            removal.discard(session, a.object_key)
+            out.append(Outcome.DUPLICATE)
+            continue
         prior = known.get(h.sop_uid)
         if prior is not None:
             if prior[0] == a.sha256:

@@ -263,3 +263,223 @@ class Commitment(Base):
     detail: Mapped[str] = mapped_column(Text, default="")
     received_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     reported_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class OrderStatus(StrEnum):
+    """Where a scheduled procedure step stands; SCHEDULED and IN_PROGRESS are on the worklist."""
+
+    SCHEDULED = "scheduled"
+    IN_PROGRESS = "in-progress"
+    COMPLETED = "completed"
+    DISCONTINUED = "discontinued"
+    CANCELLED = "cancelled"
+
+
+class Order(Base):
+    """One requested procedure with its one scheduled procedure step, as served to the worklist.
+
+    The scheduled start is local date (YYYYMMDD) and time (HHMMSS.ffffff, as `studies` keeps it),
+    so DICOM date and time range matching is plain string comparison.
+    """
+
+    __tablename__ = "orders"
+    __table_args__ = (
+        UniqueConstraint("accession_number", "accession_issuer", name="uq_order_accession"),
+        Index("ix_orders_status_date", "status", "scheduled_date"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    placer_order_number: Mapped[str] = mapped_column(String(64), default="", index=True)
+    filler_order_number: Mapped[str] = mapped_column(String(64), default="")
+    accession_number: Mapped[str] = mapped_column(String(64))
+    accession_issuer: Mapped[str] = mapped_column(String(64), default="")
+    patient_fk: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    patient_id: Mapped[str] = mapped_column(String(64), index=True)
+    requested_procedure_id: Mapped[str] = mapped_column(String(16), default="")
+    requested_procedure_description: Mapped[str] = mapped_column(String(64), default="")
+    procedure_codes: Mapped[str] = mapped_column(
+        Text, default="[]"
+    )  # JSON [[code, scheme, meaning]]
+    sps_id: Mapped[str] = mapped_column(String(16), default="")
+    sps_description: Mapped[str] = mapped_column(String(64), default="")
+    station_ae: Mapped[str] = mapped_column(String(16), default="", index=True)
+    station_name: Mapped[str] = mapped_column(String(16), default="")
+    modality: Mapped[str] = mapped_column(String(16), default="", index=True)
+    scheduled_date: Mapped[str] = mapped_column(String(8), default="")
+    scheduled_time: Mapped[str] = mapped_column(String(16), default="")
+    performing_physician: Mapped[str] = mapped_column(String(324), default="")
+    referring_physician: Mapped[str] = mapped_column(String(324), default="")
+    priority: Mapped[str] = mapped_column(String(16), default="")
+    study_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    status: Mapped[str] = mapped_column(String(16), default=OrderStatus.SCHEDULED)
+    source: Mapped[str] = mapped_column(String(8))  # "hl7" or "rest"
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    patient: Mapped[Patient] = relationship()
+
+
+class Mpps(Base):
+    """A Modality Performed Procedure Step instance a modality created with N-CREATE."""
+
+    __tablename__ = "mpps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    order_fk: Mapped[int | None] = mapped_column(ForeignKey("orders.id"), index=True, default=None)
+    status: Mapped[str] = mapped_column(String(16))  # the DICOM PPS status, e.g. "IN PROGRESS"
+    calling_ae: Mapped[str] = mapped_column(String(16), default="")
+    attrs: Mapped[str] = mapped_column(Text, default="{}")  # DICOM JSON of the last state
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class NearObject(Base):
+    """An object the near tier holds: a copy of a far object, evicted least recently used."""
+
+    __tablename__ = "near_objects"
+
+    key: Mapped[str] = mapped_column(String(400), primary_key=True)
+    study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    last_access: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+    added_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # set by a prefetch for an upcoming visit: eviction leaves the object alone until then
+    pinned_until: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class TierCounter(Base):
+    """Reads served per tier since the archive was set up (near reads are hits)."""
+
+    __tablename__ = "tier_counters"
+
+    tier: Mapped[str] = mapped_column(String(8), primary_key=True)
+    reads: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class PrefetchRule(Base):
+    """Which prior studies to bring near when an order or an admission arrives for a patient."""
+
+    __tablename__ = "prefetch_rules"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    modalities: Mapped[str] = mapped_column(String(128), default="")  # "CT,MR"; empty = any
+    body_part: Mapped[str] = mapped_column(String(16), default="")  # empty = any
+    years: Mapped[int] = mapped_column(Integer, default=5)
+    max_studies: Mapped[int] = mapped_column(Integer, default=3)
+    on_order: Mapped[bool] = mapped_column(default=True)
+    on_admission: Mapped[bool] = mapped_column(default=False)
+    # the order's modality must be one of these for the rule to fire; empty = any order
+    order_modalities: Mapped[str] = mapped_column(String(128), default="")
+    enabled: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Job(Base):
+    """A durable background job; the lease says which process runs it and until when."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+    params: Mapped[str] = mapped_column(Text, default="{}")  # JSON
+    state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED, index=True)
+    done: Mapped[int] = mapped_column(BigInteger, default=0)
+    total: Mapped[int] = mapped_column(BigInteger, default=0)
+    message: Mapped[str] = mapped_column(Text, default="")
+    checkpoint: Mapped[str] = mapped_column(Text, default="{}")  # JSON: where a resumed run starts
+    result: Mapped[str] = mapped_column(Text, default="{}")  # JSON
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str] = mapped_column(String(128), default="")
+    lease_until: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    # one job per key ever (e.g. one scheduled sweep per interval, whichever process enqueues it)
+    dedupe_key: Mapped[str | None] = mapped_column(String(128), unique=True, default=None)
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class RetentionRule(Base):
+    """Instances matching the filters may be deleted once their study is older than the period."""
+
+    __tablename__ = "retention_rules"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    modalities: Mapped[str] = mapped_column(Text, default="[]")  # JSON lists; empty = any
+    sop_classes: Mapped[str] = mapped_column(Text, default="[]")
+    source_aes: Mapped[str] = mapped_column(Text, default="[]")
+    keep_years: Mapped[int] = mapped_column(Integer, default=0)
+    keep_days: Mapped[int] = mapped_column(Integer, default=0)
+    # the rule applies only if the patient was at least this old at the study (children kept)
+    min_patient_age: Mapped[int | None] = mapped_column(Integer, default=None)
+    enabled: Mapped[bool] = mapped_column(default=True)
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class LegalHold(Base):
+    """A study no retention rule or rejection may delete; the foreign key makes it binding."""
+
+    __tablename__ = "legal_holds"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_fk: Mapped[int] = mapped_column(ForeignKey("studies.id"), unique=True)
+    reason: Mapped[str] = mapped_column(Text)
+    held_by: Mapped[str] = mapped_column(String(128), default="")
+    held_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class PendingDeletion(Base):
+    """An object whose index rows are gone, to be deleted from the store (an outbox)."""
+
+    __tablename__ = "pending_deletions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    object_key: Mapped[str] = mapped_column(String(400))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RemovedInstance(Base):
+    """An instance deleted for good; a spool replay of the reception it came from is ignored."""
+
+    __tablename__ = "removed_instances"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_uid: Mapped[str] = mapped_column(String(64), index=True)
+    removed_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class MigrationStudy(Base):
+    """A study a migration job found on a legacy PACS, and what verifying it showed."""
+
+    __tablename__ = "migration_studies"
+    __table_args__ = (
+        UniqueConstraint("job_fk", "study_uid", name="uq_migration_study"),
+        Index("ix_migration_job_state", "job_fk", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_fk: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
+    study_uid: Mapped[str] = mapped_column(String(64))
+    study_date: Mapped[str] = mapped_column(String(8), default="")
+    patient_id: Mapped[str] = mapped_column(String(64), default="")  # as the legacy PACS has it
+    accession_number: Mapped[str] = mapped_column(String(64), default="")
+    # pending, verified, discrepancy or failed
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    source_instances: Mapped[int] = mapped_column(Integer, default=0)
+    archived_instances: Mapped[int] = mapped_column(Integer, default=0)
+    retrievals: Mapped[int] = mapped_column(Integer, default=0)  # C-MOVE/C-GET requests sent
+    detail: Mapped[str] = mapped_column(Text, default="{}")  # JSON: series, problems, SHA-256s
+    checked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=None)

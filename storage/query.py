@@ -210,7 +210,7 @@ def _time_upper(tm: str) -> str:
     return f"{main[:6]}.{(frac + '999999')[:6]}"
 
 
-def _sql_condition(col: Any, key: Key, pn_ci: bool) -> ColumnElement[bool] | None:
+def sql_condition(col: Any, key: Key, pn_ci: bool) -> ColumnElement[bool] | None:
     v = key.value
     if v in ("", "*"):
         return None
@@ -318,7 +318,7 @@ class Matcher:
             if key.value in ("", "*") or key.vr == "SQ":
                 continue
             if key.tag in COLUMNS and _DEPTH[COLUMNS[key.tag][0]] <= depth:
-                cond = _sql_condition(COLUMNS[key.tag][1], key, self.pn_ci)
+                cond = sql_condition(COLUMNS[key.tag][1], key, self.pn_ci)
                 if cond is not None:
                     self.sql.append(cond)
             elif key.tag == MODALITIES_IN_STUDY and depth >= 1:

@@ -47,6 +47,19 @@ class HotFolder(BaseModel):
     )
 
 
+class PixelMask(BaseModel):
+    """Where one device burns text into its images: rectangles blacked out before a research
+    export, which lets such objects go instead of being held back."""
+
+    manufacturer: str
+    model: str = Field(default="", description="ManufacturerModelName; empty = every model")
+    rows: int | None = Field(default=None, description="Only images of this many rows")
+    columns: int | None = Field(default=None, description="Only images of this many columns")
+    rectangles: list[tuple[int, int, int, int]] = Field(
+        description="[x, y, width, height] in pixels from the top left corner"
+    )
+
+
 class _TomlSource(PydanticBaseSettingsSource):
     """Reads the file named by PACSBROKER_CONFIG, if any; environment variables win."""
 
@@ -78,6 +91,16 @@ class Settings(BaseSettings):
     s3_secret_key: str = ""
     s3_bucket: str = "pacs-archive"
     s3_secure: bool = False
+    near_dir: Path | None = Field(default=None, description="Local near tier (cache by readers)")
+    near_s3_endpoint: str = Field(default="", description="host:port of a near MinIO/S3 tier")
+    near_s3_bucket: str = "pacs-near"
+    near_s3_access_key: str = Field(default="", description="empty = the far tier's key")
+    near_s3_secret_key: str = ""
+    near_budget_mb: float = Field(default=10240, description="What the near tier may hold, MiB")
+    near_on_ingest: bool = Field(default=False, description="Write new objects to near as well")
+    prefetch_pin_hours: float = Field(
+        default=48.0, description="Hours prefetched studies are kept from eviction"
+    )
     peers: list[Peer] = Field(default_factory=list)
     loopback_open: bool | None = Field(
         default=None,
@@ -115,6 +138,38 @@ class Settings(BaseSettings):
     )
     allow_synthetic_ids: bool = Field(
         default=True, description="Accept synthetic national IDs (month + 80); off in production"
+    )
+    job_workers: int = Field(default=2, description="Jobs one broker process runs at a time")
+    job_lease: float = Field(
+        default=30.0, description="Seconds before another process takes over a silent job"
+    )
+    retention_sweep_hours: float = Field(
+        default=24.0, description="Hours between scheduled retention sweeps; 0 = off"
+    )
+    retention_pause: float = Field(
+        default=0.0, description="Seconds a sweep pauses between studies, to spare the archive"
+    )
+    rejection_grace_days: float = Field(
+        default=30.0, description="Days IOCM-rejected instances are kept; negative = forever"
+    )
+    fixity_hours: float = Field(
+        default=24.0, description="Hours between scheduled fixity checks; 0 = off"
+    )
+    fixity_sample: float = Field(
+        default=1000, description="Objects a fixity check re-hashes: a count, or a fraction ≤ 1"
+    )
+
+    research_database_url: str = Field(
+        default="", description="Research/teaching index; empty = SQLite in DATA_DIR/research"
+    )
+    research_s3_endpoint: str = Field(
+        default="", description="MinIO/S3 of the research bucket; empty = S3_ENDPOINT, if any"
+    )
+    research_s3_bucket: str = Field(default="pacs-research", description="Research bucket")
+    research_s3_access_key: str = Field(default="", description="empty = S3_ACCESS_KEY")
+    research_s3_secret_key: str = Field(default="", description="empty = S3_SECRET_KEY")
+    research_pixel_masks: list[PixelMask] = Field(
+        default_factory=list, description="Burned-in annotation of devices, masked on export"
     )
 
     @classmethod

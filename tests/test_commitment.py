@@ -9,6 +9,10 @@ from typing import Any
 
 from pydicom import dcmread
 
+from broker.commitment import CommitmentReporter
+from storage.archive import Archive
+from storage.models import Commitment
+from storage.settings import Settings
 from tests.conftest import SAMPLES, Broker
 from tests.orthanc import Orthanc
 from tests.test_dimse import wait_instances
@@ -84,3 +88,17 @@ def test_pending_commitment_survives_a_broker_crash(broker_factory, tmp_path: Pa
         assert len(report["Success"]) == len(CT) and len(report["Failures"]) == 1
     finally:
         orthanc.stop()
+
+
+def test_two_broker_processes_never_both_report(tmp_path: Path, db_url: str) -> None:
+    """Reporters sharing one index: each attempt of a pending report is claimed by one."""
+    archive = Archive(Settings(data_dir=tmp_path, database_url=db_url), run_migrations=True)
+    with archive.sessions() as session, session.begin():
+        session.add(Commitment(transaction_uid="1.2.3", calling_ae="MOD", items="[]"))
+    with archive.sessions() as session:
+        row = session.query(Commitment).one()
+    first, second = (CommitmentReporter(archive, wait=0) for _ in range(2))
+    assert first._claim(row) and not second._claim(row)
+    with archive.sessions() as session:
+        assert session.query(Commitment).one().attempts == 1
+    archive.close()

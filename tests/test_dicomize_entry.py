@@ -11,15 +11,25 @@ import httpx
 import pytest
 from pydicom import dcmread
 
+from broker.dicomize.batch import Upload, build
 from tests.conftest import Broker, free_port
 from tests.dciodvfy import errors as dciodvfy_errors
 from tests.dcmtk import findscu, movescu
-from tests.test_dicomize import encoded, pdf
+from tests.test_dicomize import PATIENT, encoded, pdf
+from tests.test_dicomize_media import ecg_export, mp4, respiratory_modules_valid, spirometer_export
 from tests.test_dimse import counts, storescp, wait_instances
 from tests.test_pas import KARI, pas  # noqa: F401  (fixture)
 
 JPEG = encoded("JPEG", quality=90)
-FILES = {"photo.jpg": JPEG, "scan.png": encoded("PNG"), "henvisning.pdf": pdf()}
+FILES = {
+    "photo.jpg": JPEG,
+    "scan.png": encoded("PNG"),
+    "henvisning.pdf": pdf(),
+    "scope.mp4": mp4(),
+    "ekg.csv": ecg_export(),
+    "spiro.csv": spirometer_export(),
+}
+RESPIRATORY = {"1.2.840.10008.5.1.4.1.1.9.6.1", "1.2.840.10008.5.1.4.1.1.9.6.2"}
 BAD = [
     ("cut.jpg", JPEG[:700], "not a readable image"),
     ("fake.pdf", b"hello, not a pdf", "not a PDF"),
@@ -85,8 +95,12 @@ def archived_and_valid(b: Broker, study_uid: str, n: int, dest: int, tmp: Path) 
     got = sorted(tmp.iterdir())
     assert len(got) == n
     for path in got:
-        assert dciodvfy_errors(path) == [], path
-        assert dcmread(path).PatientID == KARI
+        ds = dcmread(path)
+        if ds.SOPClassUID in RESPIRATORY:
+            respiratory_modules_valid(ds, tmp, path.stem)
+        else:
+            assert dciodvfy_errors(path) == [], path
+        assert ds.PatientID == KARI
 
 
 def test_http_upload_files_every_kind_and_refuses_bad_input(
@@ -100,6 +114,24 @@ def test_http_upload_files_every_kind_and_refuses_bad_input(
     wait_instances(broker, len(FILES))
     archived_and_valid(broker, body["study_uid"], len(FILES), dest, tmp_path / "moved")
 
+    order = {
+        "accession_number": "EYE2026",
+        "patient": {"id": KARI},
+        "scheduled_start": "2026-11-25T10:30:00",
+        "modality": "XC",
+        "study_instance_uid": "1.2.826.0.1.3680043.10.1432.77.1",
+    }
+    tok = broker.cli("token", "--user", "ris", "--role", "integration").stdout.strip()
+    placed = httpx.post(
+        f"http://127.0.0.1:{broker.http_port}/api/v1/orders",
+        json=order,
+        headers={"Authorization": f"Bearer {tok}"},
+    )
+    assert placed.status_code == 200, placed.text
+    r = upload(broker, {"fundus.jpg": JPEG}, accession="EYE2026")
+    assert r.json()["study_uid"] == order["study_instance_uid"]  # the worklist item's study
+    wait_instances(broker, len(FILES) + 1)
+
     for name, data, message in BAD:
         r = upload(broker, {"fine.png": encoded("PNG"), name: data})
         assert r.status_code == 422 and message in r.json()["detail"], (name, r.text)
@@ -108,7 +140,7 @@ def test_http_upload_files_every_kind_and_refuses_bad_input(
     assert upload(broker, {"photo.jpg": JPEG}, role="clinician").status_code == 403
     assert httpx.post(f"http://127.0.0.1:{broker.http_port}/api/v1/dicomize").status_code == 401
     time.sleep(1)
-    assert counts(broker)["instances"] == len(FILES)  # no partial object from any refusal
+    assert counts(broker)["instances"] == len(FILES) + 1  # no partial object from any refusal
 
 
 def wait_for(check, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
@@ -160,3 +192,13 @@ def test_hot_folders_file_ready_files_and_explain_refusals(
         {"QueryRetrieveLevel": "STUDY", "AccessionNumber": "LAB5", "PatientID": ""},
     )
     assert lab_study.PatientID == KARI
+
+
+def test_a_batch_sent_again_gives_the_same_objects() -> None:
+    """A hot folder that crashed after spooling refiles the same UIDs, which ingest dedupes."""
+    files = [Upload(n, d) for n, d in FILES.items()]
+    first, again = (build(files, PATIENT, uid_root="", batch="b1") for _ in range(2))
+    other = build(files, PATIENT, uid_root="", batch="b2")
+    uids = [o.SOPInstanceUID for o in first]
+    assert uids == [o.SOPInstanceUID for o in again] and len(set(uids)) == len(files)
+    assert not set(uids) & {o.SOPInstanceUID for o in other}

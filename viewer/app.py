@@ -15,11 +15,20 @@ from storage.audit import AuditTrail
 from storage.intake import Intake
 from storage.stats import archive_counts
 from viewer.admin import router as admin_router
+from viewer.archive_admin import router as archive_admin_router
 from viewer.auth import Caller, caller, signing_key
+from viewer.console import router as console_router
+from viewer.console_api import router as console_api_router
 from viewer.dicomweb import router as dicomweb_router
 from viewer.epr import iid_router, install_link_errors
 from viewer.epr import router as epr_router
 from viewer.images import ImageService
+from viewer.migration_admin import router as migration_admin_router
+from viewer.orders import router as orders_router
+from viewer.research import ResearchViews
+from viewer.research import router as research_router
+from viewer.research_admin import router as research_admin_router
+from viewer.tiers_admin import router as tiers_admin_router
 from viewer.upload import router as upload_router
 
 
@@ -33,11 +42,13 @@ def create_app(
     intake: Intake | None = None,
 ) -> FastAPI:
     trail = AuditTrail(archive.sessions)
+    research = ResearchViews(archive.settings)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
         trail.close()  # pending audit events are written before the process exits
+        research.close()
 
     app = FastAPI(title="pacsbroker", version="0.1.0", lifespan=lifespan)
     app.state.signing_key = signing_key(archive.settings.data_dir)
@@ -60,10 +71,18 @@ def create_app(
         return {"archive": counts, **runtime_status()}
 
     app.include_router(admin_router(archive))
+    app.include_router(archive_admin_router(archive))
     images = ImageService(archive)
     app.include_router(dicomweb_router(archive, images, trail, intake))
     app.include_router(epr_router(archive, images, trail, intake))
     app.include_router(iid_router(archive, trail))
+    app.include_router(orders_router(archive))
     app.include_router(upload_router(archive, trail, intake))
+    app.include_router(tiers_admin_router(archive))
+    app.include_router(migration_admin_router(archive))
+    app.include_router(console_api_router(archive))
+    app.include_router(console_router())
+    app.include_router(research_router(research))
+    app.include_router(research_admin_router(archive, research))
     install_link_errors(app)
     return app

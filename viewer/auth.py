@@ -56,18 +56,34 @@ class Caller:
 
 
 _bearer = HTTPBearer(auto_error=False)
+# The admin console's browser session: the same JWT, set by /admin/login (viewer/console.py).
+SESSION_COOKIE = "pacsbroker_admin"
+# Changes made with the cookie must carry this header. SameSite does not tell apart two ports
+# of one host, but a custom header makes a browser ask first (CORS), which no origin passes.
+CONSOLE_HEADER = "X-Pacs-Console"
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def caller(
     request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> Caller:
-    if creds is None:
+    if creds is not None:
+        return verify(request, creds.credentials)
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if not cookie:
         raise HTTPException(
             401, "a bearer token is required", headers={"WWW-Authenticate": "Bearer"}
         )
+    if request.method not in _SAFE_METHODS and CONSOLE_HEADER.lower() not in request.headers:
+        raise HTTPException(403, f"a change made with the console cookie needs {CONSOLE_HEADER}")
+    return verify(request, cookie)
+
+
+def verify(request: Request, token: str) -> Caller:
+    """The caller a signed, unexpired token names; 401 otherwise."""
     try:
         claims = jwt.decode(
-            creds.credentials,
+            token,
             request.app.state.signing_key,
             algorithms=ALGORITHMS,
             audience=AUDIENCE,

@@ -44,7 +44,6 @@ from viewer.images import ImageService
 from viewer.render import MEDIA, RenderError, View, Window
 
 DICOM_JSON = "application/dicom+json"
-Reader = Annotated[Caller, Depends(requires(CLINICAL_READERS, "reading patient data"))]
 Uploader = Annotated[Caller, Depends(requires(UPLOADERS, "storing objects"))]
 _CONTROL = {"limit", "offset", "includefield", "fuzzymatching"}
 _DEFAULT_KEYS = {
@@ -185,8 +184,8 @@ def _add_everything(ds: Dataset, hit: Any, level: Level) -> None:
             ds.add(elem)
 
 
-def _base(request: Request) -> str:
-    return str(request.base_url).rstrip("/") + "/dicomweb"
+def _base(request: Request, prefix: str = "/dicomweb") -> str:
+    return str(request.base_url).rstrip("/") + prefix
 
 
 @dataclass
@@ -277,20 +276,28 @@ class DicomWeb:
         trail: AuditTrail,
         intake: Intake | None,
         stow_max_bytes: int,
+        *,
+        prefix: str = "/dicomweb",
+        issuer: str | None = None,
     ) -> None:
         self.trail = trail
         self.images = images
         self.archive = archive
         self.intake = intake
         self.stow_max_bytes = stow_max_bytes
+        self.prefix = prefix
+        # a view of one research project: only patients under this Issuer of Patient ID
+        self.issuer = issuer
 
     # QIDO-RS
 
     def search(
         self, request: Request, who: Caller, level: Level, parents: dict[str, str]
     ) -> Response:
+        if self.issuer is not None:
+            parents = {**parents, "IssuerOfPatientID": self.issuer}
         q = _search(request, level, parents)
-        base = _base(request)
+        base = _base(request, self.prefix)
         pn_ci = self.archive.settings.pn_case_insensitive
         with self.archive.sessions() as session:
             try:
@@ -338,6 +345,8 @@ class DicomWeb:
         self, session: Session, study: str, series: str | None, sop: str | None
     ) -> list[Instance]:
         ids = Dataset()
+        if self.issuer is not None:
+            ids.IssuerOfPatientID = self.issuer
         ids.StudyInstanceUID = study
         level = Level.STUDY
         if series is not None:
@@ -380,6 +389,8 @@ class DicomWeb:
         """One visible instance by its three UIDs, in a single query; audited."""
         with self.archive.sessions() as session:
             found = outbound.visible_instances(session, study, [sop], series)
+        if self.issuer is not None:
+            found = [(inst, p) for inst, p in found if p.issuer == self.issuer]
         if not found:
             raise HTTPException(404, "no such instance in the archive")
         ((inst, patient),) = found
@@ -426,7 +437,7 @@ class DicomWeb:
         """From the index alone: the stored attributes up to the pixel data, current patient
         module, and BulkDataURIs for every large binary value."""
         instances, patients, series_of = self._read(who, "dicomweb.metadata", study, series, sop)
-        base = _base(request)
+        base = _base(request, self.prefix)
         out = []
         for inst in instances:
             ds = outbound.indexed_header(inst, patients[inst.id])
@@ -672,95 +683,160 @@ async def _read_parts(request: Request, boundary: str, limit: int) -> list[tuple
     return parts
 
 
-def router(
-    archive: Archive, images: ImageService, trail: AuditTrail, intake: Intake | None
-) -> APIRouter:
-    web = DicomWeb(archive, images, trail, intake, archive.settings.stow_max_mb << 20)
-    r = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
+def read_routes(
+    r: APIRouter, web_of: Callable[..., DicomWeb], reader: Callable[..., Caller]
+) -> None:
+    """The read-only routes (QIDO-RS, WADO-RS, WADO-URI, rendered images) on `r`, served by
+    the DicomWeb `web_of` gives to the callers `reader` lets through: the clinical archive,
+    or one research project's view of the research archive."""
+    who_dep, web_dep = Depends(reader), Depends(web_of)
 
     @r.get("/studies")
-    def search_studies(request: Request, who: Reader) -> Response:
+    def search_studies(
+        request: Request, who: Caller = who_dep, web: DicomWeb = web_dep
+    ) -> Response:
         return web.search(request, who, Level.STUDY, {})
 
     @r.get("/series")
-    def search_all_series(request: Request, who: Reader) -> Response:
+    def search_all_series(
+        request: Request, who: Caller = who_dep, web: DicomWeb = web_dep
+    ) -> Response:
         return web.search(request, who, Level.SERIES, {})
 
     @r.get("/instances")
-    def search_all_instances(request: Request, who: Reader) -> Response:
+    def search_all_instances(
+        request: Request, who: Caller = who_dep, web: DicomWeb = web_dep
+    ) -> Response:
         return web.search(request, who, Level.IMAGE, {})
 
     @r.get("/studies/{study}/series")
-    def search_series(request: Request, who: Reader, study: str) -> Response:
+    def search_series(
+        request: Request, study: str, who: Caller = who_dep, web: DicomWeb = web_dep
+    ) -> Response:
         return web.search(request, who, Level.SERIES, {"StudyInstanceUID": study})
 
     @r.get("/studies/{study}/instances")
-    def search_study_instances(request: Request, who: Reader, study: str) -> Response:
+    def search_study_instances(
+        request: Request, study: str, who: Caller = who_dep, web: DicomWeb = web_dep
+    ) -> Response:
         return web.search(request, who, Level.IMAGE, {"StudyInstanceUID": study})
 
     @r.get("/studies/{study}/series/{series}/instances")
-    def search_instances(request: Request, who: Reader, study: str, series: str) -> Response:
+    def search_instances(
+        request: Request, study: str, series: str, who: Caller = who_dep, web: DicomWeb = web_dep
+    ) -> Response:
         parents = {"StudyInstanceUID": study, "SeriesInstanceUID": series}
         return web.search(request, who, Level.IMAGE, parents)
 
     @r.get("/studies/{study}")
-    def retrieve_study(request: Request, who: Reader, study: str) -> StreamingResponse:
+    def retrieve_study(
+        request: Request, study: str, who: Caller = who_dep, web: DicomWeb = web_dep
+    ) -> StreamingResponse:
         return web.retrieve(request, who, study)
 
     @r.get("/studies/{study}/series/{series}")
     def retrieve_series(
-        request: Request, who: Reader, study: str, series: str
+        request: Request, study: str, series: str, who: Caller = who_dep, web: DicomWeb = web_dep
     ) -> StreamingResponse:
         return web.retrieve(request, who, study, series)
 
     @r.get("/studies/{study}/series/{series}/instances/{sop}")
     def retrieve_instance(
-        request: Request, who: Reader, study: str, series: str, sop: str
+        request: Request,
+        study: str,
+        series: str,
+        sop: str,
+        who: Caller = who_dep,
+        web: DicomWeb = web_dep,
     ) -> StreamingResponse:
         return web.retrieve(request, who, study, series, sop)
 
     @r.get("/studies/{study}/metadata")
-    def study_metadata(request: Request, who: Reader, study: str) -> Response:
+    def study_metadata(
+        request: Request, study: str, who: Caller = who_dep, web: DicomWeb = web_dep
+    ) -> Response:
         return web.metadata(request, who, study)
 
     @r.get("/studies/{study}/series/{series}/metadata")
-    def series_metadata(request: Request, who: Reader, study: str, series: str) -> Response:
+    def series_metadata(
+        request: Request, study: str, series: str, who: Caller = who_dep, web: DicomWeb = web_dep
+    ) -> Response:
         return web.metadata(request, who, study, series)
 
     @r.get("/studies/{study}/series/{series}/instances/{sop}/metadata")
     def instance_metadata(
-        request: Request, who: Reader, study: str, series: str, sop: str
+        request: Request,
+        study: str,
+        series: str,
+        sop: str,
+        who: Caller = who_dep,
+        web: DicomWeb = web_dep,
     ) -> Response:
         return web.metadata(request, who, study, series, sop)
 
     @r.get("/studies/{study}/series/{series}/instances/{sop}/bulk/{tag}")
-    def bulk(who: Reader, study: str, series: str, sop: str, tag: str) -> StreamingResponse:
+    def bulk(
+        study: str, series: str, sop: str, tag: str, who: Caller = who_dep, web: DicomWeb = web_dep
+    ) -> StreamingResponse:
         return web.bulk(who, study, series, sop, tag)
 
     @r.get("/studies/{study}/series/{series}/instances/{sop}/frames/{numbers}")
-    def frames(who: Reader, study: str, series: str, sop: str, numbers: str) -> StreamingResponse:
+    def frames(
+        study: str,
+        series: str,
+        sop: str,
+        numbers: str,
+        who: Caller = who_dep,
+        web: DicomWeb = web_dep,
+    ) -> StreamingResponse:
         return web.frames(who, study, series, sop, numbers)
 
     @r.get("/wado")
-    def wado_uri(request: Request, who: Reader) -> Response:
+    def wado_uri(request: Request, who: Caller = who_dep, web: DicomWeb = web_dep) -> Response:
         """WADO-URI: ?requestType=WADO&studyUID=&seriesUID=&objectUID=[&contentType=]"""
         return web.wado_uri(request, who)
 
     @r.get("/studies/{study}/series/{series}/instances/{sop}/rendered")
     async def rendered(
-        request: Request, who: Reader, study: str, series: str, sop: str
+        request: Request,
+        study: str,
+        series: str,
+        sop: str,
+        who: Caller = who_dep,
+        web: DicomWeb = web_dep,
     ) -> Response:
         return await web.rendered_async(request, who, (study, series, sop))
 
     @r.get("/studies/{study}/series/{series}/instances/{sop}/frames/{frame}/rendered")
     def frame_rendered(
-        request: Request, who: Reader, study: str, series: str, sop: str, frame: int
+        request: Request,
+        study: str,
+        series: str,
+        sop: str,
+        frame: int,
+        who: Caller = who_dep,
+        web: DicomWeb = web_dep,
     ) -> Response:
         return web.rendered(request, who, (study, series, sop), frame)
 
     @r.get("/studies/{study}/series/{series}/instances/{sop}/thumbnail")
-    def thumbnail(request: Request, who: Reader, study: str, series: str, sop: str) -> Response:
+    def thumbnail(
+        request: Request,
+        study: str,
+        series: str,
+        sop: str,
+        who: Caller = who_dep,
+        web: DicomWeb = web_dep,
+    ) -> Response:
         return web.rendered(request, who, (study, series, sop), thumbnail=True)
+
+
+def router(
+    archive: Archive, images: ImageService, trail: AuditTrail, intake: Intake | None
+) -> APIRouter:
+    web = DicomWeb(archive, images, trail, intake, archive.settings.stow_max_mb << 20)
+    r = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
+    read_routes(r, lambda: web, requires(CLINICAL_READERS, "reading patient data"))
 
     @r.post("/studies")
     async def store(request: Request, who: Uploader) -> Response:

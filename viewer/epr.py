@@ -390,13 +390,14 @@ class Epj:
 
 
 def _frames(inst: Instance) -> int:
-    """How many frames an image has; 0 for objects without pixels (KOS, SR, PDF)."""
+    """How many frames the viewer shows: a waveform is one (its plot); 0 for objects it cannot
+    draw (KOS, SR, PDF)."""
     try:
         attrs = decode_attrs(inst.attrs, inst.attrs_ts)
     except Exception:
         return 0
     if "Rows" not in attrs:
-        return 0
+        return 1 if "WaveformSequence" in attrs else 0
     return int(attrs.get("NumberOfFrames", 1) or 1)
 
 

@@ -1,4 +1,5 @@
-"""Render a DICOM image frame to JPEG or PNG the way a diagnostic viewer presents it.
+"""Render a DICOM image frame to JPEG or PNG the way a diagnostic viewer presents it (videos
+and waveforms: render_video.py, render_waveform.py).
 
 Modality LUT (rescale) first, then the VOI: an explicit window, else the object's first window,
 else its VOI LUT, else the full range of values; MONOCHROME1 is inverted so that it displays
@@ -98,22 +99,8 @@ def _grey(ds: Dataset, frame: np.ndarray, window: Window | None) -> np.ndarray:
 
 
 def render(ds: Dataset, view: View) -> bytes:
-    """One frame as an encoded image."""
-    if "PixelData" not in ds:
-        raise RenderError("the object has no pixel data")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if not 1 <= view.frame <= frames:
-        raise RenderError(f"frame {view.frame} out of range: the object has {frames}")
-    try:
-        pixels = ds.pixel_array
-    except Exception as e:
-        raise RenderError(f"pixel data cannot be decoded: {e}") from None
-    frame = pixels[view.frame - 1] if frames > 1 else pixels
-    if int(ds.get("SamplesPerPixel", 1)) == 3:
-        rgb = frame if frame.dtype == np.uint8 else (_stretch(frame) * 255).astype(np.uint8)
-        image = Image.fromarray(rgb, "RGB")
-    else:
-        image = Image.fromarray(_grey(ds, frame, view.window), "L")
+    """One frame as an encoded image: of the pixels, of a video, or a waveform's plot."""
+    image = _image(ds, view)
     if view.size:
         image.thumbnail((view.size, view.size), Image.Resampling.LANCZOS)
     out = BytesIO()
@@ -122,6 +109,30 @@ def render(ds: Dataset, view: View) -> bytes:
     else:
         image.save(out, "JPEG", quality=view.quality)
     return out.getvalue()
+
+
+def _image(ds: Dataset, view: View) -> Image.Image:
+    # imported here, not at the top: those modules import RenderError from this one
+    from viewer import render_video, render_waveform
+
+    if "WaveformSequence" in ds:
+        return render_waveform.plot(ds, view.frame)
+    if "PixelData" not in ds:
+        raise RenderError("the object has no pixel data")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if not 1 <= view.frame <= frames:
+        raise RenderError(f"frame {view.frame} out of range: the object has {frames}")
+    if render_video.is_video(ds):
+        return render_video.frame(ds, view.frame)
+    try:
+        pixels = ds.pixel_array
+    except Exception as e:
+        raise RenderError(f"pixel data cannot be decoded: {e}") from None
+    frame = pixels[view.frame - 1] if frames > 1 else pixels
+    if int(ds.get("SamplesPerPixel", 1)) == 3:
+        rgb = frame if frame.dtype == np.uint8 else (_stretch(frame) * 255).astype(np.uint8)
+        return Image.fromarray(rgb, "RGB")
+    return Image.fromarray(_grey(ds, frame, view.window), "L")
 
 
 class RenderCache:

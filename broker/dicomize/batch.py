@@ -12,6 +12,8 @@ from pydicom.dataset import Dataset
 from broker.dicomize.common import Device, DicomizeError, Placement
 from broker.dicomize.pdf import encapsulated_pdf
 from broker.dicomize.photo import photo
+from broker.dicomize.video import video
+from broker.dicomize.waveform import waveform
 from broker.pas.pdqm import PasClient, PasUnavailable
 from storage import registry
 from storage.archive import Archive
@@ -19,6 +21,7 @@ from storage.demographics import Identifier
 from storage.patientmodule import PatientModule
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff"}
+VIDEO_SUFFIXES = {".mp4", ".m4v"}
 
 
 @dataclass(frozen=True)
@@ -55,10 +58,18 @@ def build(
     accession: str = "",
     title: str = "",
     device: Device | None = None,
+    batch: str = "",
+    ordered_study: str = "",
 ) -> list[Dataset]:
-    """DICOM objects for every file, in order; raises DicomizeError naming the first bad file."""
+    """DICOM objects for every file, in order; raises DicomizeError naming the first bad file.
+    `batch` names the upload (one series); a new one is made when not given."""
     place = Placement(
-        patient, uid_root, batch=uuid.uuid4().hex, accession=accession, device=device or Device()
+        patient,
+        uid_root,
+        batch=batch or uuid.uuid4().hex,
+        accession=accession,
+        device=device or Device(),
+        ordered_study=ordered_study,
     )
     out = []
     for number, f in enumerate(files, start=1):
@@ -71,6 +82,10 @@ def build(
                 out.append(encapsulated_pdf(f.data, title or Path(name).stem, place, number))
             elif suffix in PHOTO_SUFFIXES:
                 out.append(photo(f.data, place, number))
+            elif suffix in VIDEO_SUFFIXES:
+                out.append(video(f.data, place, number))
+            elif suffix == ".csv":
+                out.append(waveform(f.data, place, number))
             else:
                 raise DicomizeError(f"unsupported file type {suffix or '(none)'}")
         except DicomizeError as e:

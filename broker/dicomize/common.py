@@ -4,13 +4,13 @@ the source device, and the SOP Common module."""
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID, generate_uid
+from pydicom.uid import UID
 
 from storage.patientmodule import PatientModule
+from storage.uids import derived_uid
 
 IMPLEMENTATION_CLASS = UID("1.2.826.0.1.3680043.10.1432.0.1")
 IMPLEMENTATION_VERSION = "PACSBROKER_01"
@@ -41,16 +41,16 @@ class Placement:
     accession: str = ""
     device: Device = field(default_factory=Device)
     when: dt.datetime = field(default_factory=lambda: dt.datetime.now().astimezone())
+    ordered_study: str = ""  # the Study Instance UID of the worklist order, when there is one
 
     def _uid(self, *parts: str) -> str:
         """The same inputs give the same UID, so a later upload joins the same study."""
-        if self.uid_root:
-            return generate_uid(prefix=self.uid_root, entropy_srcs=list(parts))
-        # PS3.5 B.2: a UUID as one integer under 2.25; name-based, hence repeatable
-        return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, chr(31).join(parts)).int}"
+        return derived_uid(self.uid_root, *parts)
 
     @property
     def study_uid(self) -> str:
+        if self.ordered_study:
+            return self.ordered_study
         if self.accession:
             return self._uid("study", self.patient.patient_id, self.accession)
         day = self.when.strftime("%Y%m%d")
@@ -60,13 +60,18 @@ class Placement:
     def series_uid(self) -> str:
         return self._uid("series", self.study_uid, self.batch)
 
+    def instance_uid(self, number: int) -> str:
+        """Repeatable per batch: a batch sent again after a crash yields the same objects,
+        which the archive recognises as duplicates instead of filing twice."""
+        return self._uid("instance", self.series_uid, str(number))
+
 
 def base(sop_class: str, modality: str, place: Placement, number: int) -> Dataset:
     """Patient, General Study, General Series, General Equipment and SOP Common modules."""
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 192"
     ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = generate_uid(prefix=place.uid_root or None)
+    ds.SOPInstanceUID = place.instance_uid(number)
     p = place.patient
     ds.PatientName = p.name
     ds.PatientID = p.patient_id
@@ -91,6 +96,13 @@ def base(sop_class: str, modality: str, place: Placement, number: int) -> Datase
         ds.StationName = place.device.station
     ds.InstanceCreationDate = dt.date.today().strftime("%Y%m%d")
     return ds
+
+
+def code(value: str, scheme: str, meaning: str) -> Dataset:
+    """One item of a code sequence (PS3.3 Table 8.8-1)."""
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+    return item
 
 
 def file_meta(ds: Dataset, transfer_syntax: str) -> None:

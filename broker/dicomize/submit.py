@@ -10,6 +10,7 @@ from pydicom.dataset import Dataset
 
 from broker.dicomize.batch import Upload, build, resolve_patient
 from broker.dicomize.common import Device, DicomizeError
+from storage import worklist
 from storage.archive import Archive
 from storage.intake import Intake
 
@@ -23,6 +24,7 @@ class Request:
     accession: str = ""
     title: str = ""
     device: Device = field(default_factory=Device)
+    batch: str = ""  # names the upload; the same batch gives the same UIDs
 
 
 def part10(ds: Dataset) -> bytes:
@@ -45,13 +47,26 @@ def submit(
     if not files:
         raise DicomizeError("no files given")
     patient = resolve_patient(archive, req.patient_id.strip(), req.system.strip())
+    accession = req.accession.strip()
+    ordered_study = ""
+    if accession:
+        with archive.sessions() as session:
+            order = worklist.order_by_accession(session, accession)
+            if order is not None:
+                if order.patient_id != patient.patient_id:
+                    raise DicomizeError(
+                        f"accession number {accession} is an order for another patient"
+                    )
+                ordered_study = order.study_uid
     objects = build(
         files,
         patient,
         uid_root=archive.settings.uid_root,
-        accession=req.accession.strip(),
+        accession=accession,
         title=req.title,
         device=req.device,
+        batch=req.batch,
+        ordered_study=ordered_study,
     )
     encoded = [part10(ds) for ds in objects]
     for payload in encoded:

@@ -1,4 +1,4 @@
-"""Presentation contexts the SCP accepts: every storage class, Q/R, verification."""
+"""Presentation contexts the SCP accepts: every storage class, Q/R, worklist, MPPS, verification."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ STUDY_MOVE = UID("1.2.840.10008.5.1.4.1.2.2.2")
 STUDY_GET = UID("1.2.840.10008.5.1.4.1.2.2.3")
 STORAGE_COMMITMENT = UID("1.2.840.10008.1.20.1")  # push model
 STORAGE_COMMITMENT_INSTANCE = UID("1.2.840.10008.1.20.1.1")  # its well-known instance
+MODALITY_WORKLIST_FIND = UID("1.2.840.10008.5.1.4.31")
+MPPS = UID("1.2.840.10008.3.1.2.3.3")  # Modality Performed Procedure Step
 
 UNCOMPRESSED: list[str | UID] = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 STORAGE_SYNTAXES: list[str | UID] = [
@@ -56,13 +58,16 @@ FIND_MODELS = {str(PATIENT_FIND): "PATIENT", str(STUDY_FIND): "STUDY"}
 
 
 def storage_classes() -> list[str]:
-    return [str(cx.abstract_syntax) for cx in StoragePresentationContexts]
+    # pynetdicom's list stops at 120 (a proposal's limit is 128); waveforms we DICOM-ize need more
+    extra = ["1.2.840.10008.5.1.4.1.1.9.6.2"]  # Multi-channel Respiratory Waveform Storage
+    return [str(cx.abstract_syntax) for cx in StoragePresentationContexts] + extra
 
 
 def scp_contexts() -> list[PresentationContext]:
     out = [build_context(VERIFICATION, UNCOMPRESSED)]
     out += [build_context(uid, UNCOMPRESSED) for uid in QUERY_RETRIEVE]
     out.append(build_context(STORAGE_COMMITMENT, UNCOMPRESSED))
+    out += [build_context(MODALITY_WORKLIST_FIND, UNCOMPRESSED), build_context(MPPS, UNCOMPRESSED)]
     for uid in storage_classes():
         cx = build_context(uid, STORAGE_SYNTAXES)
         cx.scu_role, cx.scp_role = True, True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -117,6 +118,8 @@ class RetrieveHandler:
             return
         yield len(instances)
         log.info("%s from %s: %d instances", service, calling, len(instances))
+        tiers = self.archive.tiers
+        served: Counter[str] = Counter()
         for inst in instances:
             if event.is_cancelled:
                 yield 0xFE00, None
@@ -126,7 +129,17 @@ class RetrieveHandler:
             if ds is None:
                 yield 0xFF00, _placeholder(inst)
                 continue
+            if tiers is not None:
+                served[tiers.last_tier()] += 1
             yield 0xFF00, transcode.fit(ds, _syntaxes_for(ds, sub_assoc[0] if sub_assoc else None))
+        if served:
+            log.info(
+                "%s from %s served %d from near, %d from far",
+                service,
+                calling,
+                served["near"],
+                served["far"],
+            )
 
     def _load(self, inst: Instance, pm: PatientModule) -> Dataset | None:
         try:

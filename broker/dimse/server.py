@@ -19,10 +19,12 @@ from pynetdicom.transport import ThreadedAssociationServer
 from broker.dimse.access import AccessPolicy, Action
 from broker.dimse.brisk import BriskRequestHandler, SharedContexts
 from broker.dimse.commitment import CommitmentRequestHandler
-from broker.dimse.contexts import scp_contexts
+from broker.dimse.contexts import MODALITY_WORKLIST_FIND, scp_contexts
 from broker.dimse.find import FindHandler
+from broker.dimse.mpps import MppsHandler
 from broker.dimse.retrieve import RetrieveHandler
 from broker.dimse.store import NOT_AUTHORISED, StoreHandler
+from broker.dimse.worklist import WorklistHandler
 from broker.logs import setup_logging
 from storage.archive import Archive
 from storage.settings import Settings
@@ -55,6 +57,18 @@ def _echo(policy: AccessPolicy) -> Any:
         return (
             0x0000 if policy.decide(a.ae_title, a.address, Action.ECHO).allowed else NOT_AUTHORISED
         )
+
+    return handle
+
+
+def _find(policy: AccessPolicy, archive: Archive) -> Any:
+    """One C-FIND event for every model: the worklist has its own handler."""
+    query, worklist = FindHandler(policy, archive), WorklistHandler(policy, archive)
+
+    def handle(event: Event) -> Any:
+        if event.context.abstract_syntax == MODALITY_WORKLIST_FIND:
+            return worklist(event)
+        return query(event)
 
     return handle
 
@@ -105,14 +119,17 @@ def receiver_main(settings_json: str, index: int, notify: Any, ready: MpEvent) -
     writer = SpoolWriter(
         settings.spool_dir / f"r{index}", settings.spool_segment_mb << 20, on_sealed=on_sealed
     )
+    mpps = MppsHandler(policy, archive)
     # pynetdicom types event ids loosely; its own examples pass plain tuples.
     handlers: list[Any] = [
         (evt.EVT_C_ECHO, _echo(policy)),
         (evt.EVT_C_STORE, StoreHandler(policy, writer, on_record)),
-        (evt.EVT_C_FIND, FindHandler(policy, archive)),
+        (evt.EVT_C_FIND, _find(policy, archive)),
         (evt.EVT_C_MOVE, RetrieveHandler(policy, archive, move=True)),
         (evt.EVT_C_GET, RetrieveHandler(policy, archive, move=False)),
         (evt.EVT_N_ACTION, CommitmentRequestHandler(policy, archive)),
+        (evt.EVT_N_CREATE, mpps.create),
+        (evt.EVT_N_SET, mpps.set),
         (evt.EVT_ACCEPTED, _log_assoc),
         (evt.EVT_REJECTED, _log_assoc),
         (evt.EVT_ABORTED, _log_assoc),

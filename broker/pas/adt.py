@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import uuid
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from broker.pas.hl7v2 import AdtMessage, Hl7Error, ack, parse_adt
-from storage import audit, registry
+from broker.pas.hl7v2 import AdtMessage, Hl7Error, Parsed, ack, parse_adt
+from storage import audit, prefetch, registry, worklist
 from storage.models import Hl7Message, Patient
 
 log = logging.getLogger("pacsbroker.hl7")
@@ -19,18 +20,29 @@ UPDATES = {"A01", "A04", "A08", "A28", "A31"}
 MERGES = {"A40", "A34"}
 
 
-class AdtApplier:
-    """One message at a time: the message row and its registry changes commit together,
-    before the ACK goes out; a replayed control ID is acknowledged without re-applying."""
+class Hl7Applier:
+    """One message at a time: the message row and its changes commit together, before the
+    ACK goes out; a replayed control ID is acknowledged without re-applying."""
+
+    # errors of the apply step that refuse the message (AE) rather than fail the listener
+    refusals: tuple[type[Exception], ...] = (registry.RegistryError,)
 
     def __init__(self, sessions: sessionmaker[Session], *, allow_synthetic: bool, app: str):
         self.sessions = sessions
         self.allow_synthetic = allow_synthetic
         self.app = app
 
+    def parse(self, raw: bytes) -> Any:
+        """The parsed message (a `Parsed`); every problem is an Hl7Error."""
+        raise NotImplementedError
+
+    def apply(self, session: Session, msg: Any, peer: str) -> str:
+        """Apply inside the message's transaction; returns what was done, for the log."""
+        raise NotImplementedError
+
     def handle(self, raw: bytes, peer: str = "") -> bytes:
         try:
-            msg = parse_adt(raw, allow_synthetic=self.allow_synthetic)
+            msg = self.parse(raw)
         except Hl7Error as e:
             log.warning("HL7 from %s refused (%s): %s", peer, e.code, e.reason)
             self._log_refusal(raw, e, peer)
@@ -39,7 +51,7 @@ class AdtApplier:
             with self.sessions() as session, session.begin():
                 if self._seen(session, msg):
                     return ack(msg, "AA", "duplicate: already applied", app=self.app)
-                detail = self._apply(session, msg, peer)
+                detail = self.apply(session, msg, peer)
                 session.add(
                     Hl7Message(
                         sender=msg.sender[:200],
@@ -50,17 +62,24 @@ class AdtApplier:
                         detail=detail,
                     )
                 )
-        except registry.RegistryError as e:
+        except self.refusals as e:
             self._log_refusal(raw, Hl7Error("AE", str(e)), peer, msg)
             return ack(msg, "AE", str(e), app=self.app)
         except IntegrityError:
             # a concurrent connection applied the same control ID first
             return ack(msg, "AA", "duplicate: already applied", app=self.app)
-        log.info("ADT^%s %s from %s: %s", msg.trigger, msg.control_id, msg.sender, detail)
+        log.info(
+            "%s^%s %s from %s: %s",
+            msg.header.message_type,
+            msg.trigger,
+            msg.control_id,
+            msg.sender,
+            detail,
+        )
         return ack(msg, "AA", app=self.app)
 
     @staticmethod
-    def _seen(session: Session, msg: AdtMessage) -> bool:
+    def _seen(session: Session, msg: Parsed) -> bool:
         return (
             session.scalar(
                 select(Hl7Message.id).where(
@@ -72,14 +91,48 @@ class AdtApplier:
             is not None
         )
 
-    def _apply(self, session: Session, msg: AdtMessage, peer: str) -> str:
+    def _log_refusal(self, raw: bytes, err: Hl7Error, peer: str, msg: Parsed | None = None) -> None:
+        """Refused messages are kept too, so an integration engineer can see what came in."""
+        try:
+            with self.sessions() as session, session.begin():
+                session.add(
+                    Hl7Message(
+                        sender=(msg.sender if msg else peer)[:200],
+                        control_id=f"refused:{uuid.uuid4().hex}",
+                        trigger=msg.trigger if msg else "",
+                        raw=raw,
+                        outcome=err.code,
+                        detail=f"{msg.control_id if msg else '?'}: {err.reason}",
+                    )
+                )
+        except Exception:
+            log.exception("could not record a refused HL7 message")
+
+
+class AdtApplier(Hl7Applier):
+    """ADT into the patient registry."""
+
+    def parse(self, raw: bytes) -> AdtMessage:
+        return parse_adt(raw, allow_synthetic=self.allow_synthetic)
+
+    def apply(self, session: Session, msg: AdtMessage, peer: str) -> str:
         if msg.trigger in UPDATES:
             patient = registry.apply_pas(session, msg.patient)
             detail = f"patient {patient.patient_id} updated"
+            if msg.trigger == "A01":  # an admission: bring the priors near the ward
+                queued = prefetch.queue_for(
+                    session,
+                    patient.id,
+                    prefetch.Trigger("admission"),
+                    created_by=f"hl7:{msg.sender}",
+                    ref=msg.control_id,
+                )
+                detail += f"; {len(queued)} prefetches queued" if queued else ""
             self._audit(session, msg, peer, "pas-update", [patient], detail)
             return detail
         if msg.trigger in MERGES:
             target, merged = registry.merge(session, msg.patient, msg.prior)
+            worklist.move_orders(session, merged, target)
             old = ", ".join(p.patient_id for p in merged) or "nothing to move"
             detail = f"merged {old} into {target.patient_id}"
             self._audit(session, msg, peer, "pas-merge", [*merged, target], detail)
@@ -107,22 +160,3 @@ class AdtApplier:
             patients=[(p.patient_id, "") for p in patients],
             detail=f"ADT^{msg.trigger} {msg.control_id}: {detail}",
         )
-
-    def _log_refusal(
-        self, raw: bytes, err: Hl7Error, peer: str, msg: AdtMessage | None = None
-    ) -> None:
-        """Refused messages are kept too, so an integration engineer can see what came in."""
-        try:
-            with self.sessions() as session, session.begin():
-                session.add(
-                    Hl7Message(
-                        sender=(msg.sender if msg else peer)[:200],
-                        control_id=f"refused:{uuid.uuid4().hex}",
-                        trigger=msg.trigger if msg else "",
-                        raw=raw,
-                        outcome=err.code,
-                        detail=f"{msg.control_id if msg else '?'}: {err.reason}",
-                    )
-                )
-        except Exception:
-            log.exception("could not record a refused HL7 message")

@@ -1,11 +1,13 @@
-"""HL7 v2 ADT messages (parsed with python-hl7) into registry demographics, and their ACKs."""
+"""HL7 v2 messages (parsed with python-hl7): MSH, PID into registry demographics, ADT, ACKs."""
 
 from __future__ import annotations
 
 import datetime as dt
 import re
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import hl7
 
@@ -43,6 +45,7 @@ class Header:
     receiving_app: str = ""
     receiving_facility: str = ""
     control_id: str = ""
+    message_type: str = ""
     trigger: str = ""
     version: str = "2.5"
     processing_id: str = "P"
@@ -59,6 +62,19 @@ class Hl7Error(Exception):
         self.header = header or Header()
 
 
+class Parsed(Protocol):
+    """What the message log and the ACK need of any parsed message."""
+
+    @property
+    def trigger(self) -> str: ...
+    @property
+    def control_id(self) -> str: ...
+    @property
+    def sender(self) -> str: ...
+    @property
+    def header(self) -> Header: ...
+
+
 @dataclass(frozen=True)
 class AdtMessage:
     trigger: str
@@ -69,13 +85,28 @@ class AdtMessage:
     header: Header = field(default_factory=Header)
 
 
+def _msh_fields(raw: bytes) -> list[bytes]:
+    """The MSH fields as bytes (MSH-1 not counted, so MSH-n is at index n - 1); [] if no MSH."""
+    first = raw.lstrip(b"\r\n\x00 ").split(b"\r", 1)[0].split(b"\n", 1)[0]
+    if len(first) < 4 or not first.startswith(b"MSH"):
+        return []
+    return first.split(first[3:4])
+
+
+def message_type(raw: bytes) -> str:
+    """MSH-9.1 (ADT, ORM, ...) read from the raw bytes, for routing before a full parse."""
+    fields = _msh_fields(raw)
+    if len(fields) < 9:
+        return ""
+    comp = fields[1][:1] if fields[1] else b"^"
+    return fields[8].split(comp, 1)[0].decode("ascii", "replace").strip().upper()
+
+
 def _codec(raw: bytes) -> tuple[str, str]:
     """(MSH-18 as sent, Python codec); MSH is ASCII, so it is read before decoding."""
-    first = raw.split(b"\r", 1)[0].split(b"\n", 1)[0]
-    if len(first) < 4 or not first.startswith(b"MSH"):
+    fields = _msh_fields(raw)
+    if not fields:
         return "", ""
-    sep = first[3:4]
-    fields = first.split(sep)
     value = fields[17].decode("ascii", "replace").strip() if len(fields) > 17 else ""
     rep = fields[1][1:2] if len(fields) > 1 and len(fields[1]) > 1 else b"~"
     value = value.split(rep.decode("ascii", "replace"))[0]
@@ -96,14 +127,17 @@ def _decode(raw: bytes, codec: str) -> tuple[str, str]:
         return raw.decode("latin-1"), "latin-1"
 
 
-def _get(msg: hl7.Message, seg: str, fld: int, rep: int = 1, comp: int = 1, sub: int = 1) -> str:
+def get_field(
+    msg: hl7.Message, seg: str, fld: int, rep: int = 1, comp: int = 1, sub: int = 1, *, num: int = 1
+) -> str:
+    """One value, '' when absent; `num` picks the n-th segment of that name."""
     try:
-        return str(msg.extract_field(seg, 1, fld, rep, comp, sub) or "").strip()
+        return str(msg.extract_field(seg, num, fld, rep, comp, sub) or "").strip()
     except (KeyError, IndexError, AttributeError, TypeError, hl7.exceptions.HL7Exception):
         return ""
 
 
-def _identifiers(
+def identifiers(
     msg: hl7.Message, seg: str, fld: int, where: str, allow_synthetic: bool
 ) -> tuple[Identifier, ...]:
     try:
@@ -112,13 +146,13 @@ def _identifiers(
         return ()
     out = []
     for r in range(1, reps + 1):
-        value = _get(msg, seg, fld, r, 1)
+        value = get_field(msg, seg, fld, r, 1)
         if not value:
             continue
-        oid = _get(msg, seg, fld, r, 4, 2)
-        kind = _get(msg, seg, fld, r, 4, 3)
-        namespace = _get(msg, seg, fld, r, 4, 1)
-        id_type = _get(msg, seg, fld, r, 5).upper()
+        oid = get_field(msg, seg, fld, r, 4, 2)
+        kind = get_field(msg, seg, fld, r, 4, 3)
+        namespace = get_field(msg, seg, fld, r, 4, 1)
+        id_type = get_field(msg, seg, fld, r, 5).upper()
         if oid and kind.upper() == "ISO":
             system = OID_PREFIX + oid
         elif namespace:
@@ -136,7 +170,7 @@ def _identifiers(
     return tuple(out)
 
 
-def _date(value: str, where: str) -> str:
+def parse_date(value: str, where: str) -> str:
     if not value:
         return ""
     day = value[:8]
@@ -148,31 +182,25 @@ def _date(value: str, where: str) -> str:
 
 
 def _header(msg: hl7.Message, charset_field: str, codec: str) -> Header:
-    mtype = _get(msg, "MSH", 9, 1, 1)
-    trigger = _get(msg, "MSH", 9, 1, 2)
-    h = Header(
-        sending_app=_get(msg, "MSH", 3),
-        sending_facility=_get(msg, "MSH", 4),
-        receiving_app=_get(msg, "MSH", 5),
-        receiving_facility=_get(msg, "MSH", 6),
-        control_id=_get(msg, "MSH", 10),
-        trigger=trigger,
-        version=_get(msg, "MSH", 12) or "2.5",
-        processing_id=_get(msg, "MSH", 11) or "P",
+    return Header(
+        sending_app=get_field(msg, "MSH", 3),
+        sending_facility=get_field(msg, "MSH", 4),
+        receiving_app=get_field(msg, "MSH", 5),
+        receiving_facility=get_field(msg, "MSH", 6),
+        control_id=get_field(msg, "MSH", 10),
+        message_type=get_field(msg, "MSH", 9, 1, 1),
+        trigger=get_field(msg, "MSH", 9, 1, 2),
+        version=get_field(msg, "MSH", 12) or "2.5",
+        processing_id=get_field(msg, "MSH", 11) or "P",
         charset_field=charset_field,
         codec=codec,
     )
-    if mtype != "ADT":
-        raise Hl7Error("AR", f"MSH-9: message type {mtype or '(none)'} is not accepted here", h)
-    if trigger not in SUPPORTED:
-        raise Hl7Error("AR", f"MSH-9: trigger event {trigger or '(none)'} is not supported", h)
-    if not h.control_id:
-        raise Hl7Error("AR", "MSH-10: message control ID is missing", h)
-    return h
 
 
-def parse_adt(raw: bytes, *, allow_synthetic: bool) -> AdtMessage:
-    """Parse one ADT message (no MLLP framing); every problem is an Hl7Error."""
+def read(
+    raw: bytes, types: Collection[str], triggers: Collection[str]
+) -> tuple[hl7.Message, Header]:
+    """Decode and parse one message (no MLLP framing) of an accepted MSH-9; else an Hl7Error."""
     charset_field, codec = _codec(raw)
     text, codec = _decode(raw, codec)
     text = re.sub(r"\r\n|\n", "\r", text).strip("\r\x00 ")
@@ -183,6 +211,19 @@ def parse_adt(raw: bytes, *, allow_synthetic: bool) -> AdtMessage:
     except Exception as e:
         raise Hl7Error("AR", f"unparsable HL7: {e}") from None
     h = _header(msg, charset_field, codec)
+    mtype = h.message_type
+    if mtype not in types:
+        raise Hl7Error("AR", f"MSH-9: message type {mtype or '(none)'} is not accepted here", h)
+    if h.trigger not in triggers:
+        raise Hl7Error("AR", f"MSH-9: trigger event {h.trigger or '(none)'} is not supported", h)
+    if not h.control_id:
+        raise Hl7Error("AR", "MSH-10: message control ID is missing", h)
+    return msg, h
+
+
+def parse_adt(raw: bytes, *, allow_synthetic: bool) -> AdtMessage:
+    """Parse one ADT message (no MLLP framing); every problem is an Hl7Error."""
+    msg, h = read(raw, {"ADT"}, SUPPORTED)
     try:
         return _content(msg, h, allow_synthetic)
     except Hl7Error as e:
@@ -190,33 +231,42 @@ def parse_adt(raw: bytes, *, allow_synthetic: bool) -> AdtMessage:
         raise
 
 
-def _content(msg: hl7.Message, h: Header, allow_synthetic: bool) -> AdtMessage:
+def has_segment(msg: hl7.Message, seg: str) -> bool:
     try:
-        msg.segment("PID")
+        msg.segment(seg)
     except KeyError:
-        raise Hl7Error("AE", "PID segment is missing") from None
-    idents = _identifiers(msg, "PID", 3, "PID-3", allow_synthetic)
+        return False
+    return True
+
+
+def patient_of(msg: hl7.Message, allow_synthetic: bool) -> Demographics:
+    """The PID segment as registry demographics; identifiers are validated as for ADT."""
+    if not has_segment(msg, "PID"):
+        raise Hl7Error("AE", "PID segment is missing")
+    idents = identifiers(msg, "PID", 3, "PID-3", allow_synthetic)
     if not idents:
         raise Hl7Error("AE", "PID-3: no patient identifier")
-    parts = [_get(msg, "PID", 5, 1, c) for c in (1, 2, 3)]
+    parts = [get_field(msg, "PID", 5, 1, c) for c in (1, 2, 3)]
     while parts and not parts[-1]:
         parts.pop()
-    sex = _get(msg, "PID", 8).upper()
+    sex = get_field(msg, "PID", 8).upper()
     if sex not in _SEX:
         raise Hl7Error("AE", f"PID-8: administrative sex {sex!r} is not in HL7 table 0001")
-    patient = Demographics(
+    return Demographics(
         identifiers=idents,
         name="^".join(parts),
-        birth_date=_date(_get(msg, "PID", 7), "PID-7"),
+        birth_date=parse_date(get_field(msg, "PID", 7), "PID-7"),
         sex=_SEX[sex],
     )
+
+
+def _content(msg: hl7.Message, h: Header, allow_synthetic: bool) -> AdtMessage:
+    patient = patient_of(msg, allow_synthetic)
     prior: tuple[Identifier, ...] = ()
     if h.trigger in NEEDS_MRG:
-        try:
-            msg.segment("MRG")
-        except KeyError:
-            raise Hl7Error("AE", f"ADT^{h.trigger} needs an MRG segment") from None
-        prior = _identifiers(msg, "MRG", 1, "MRG-1", allow_synthetic)
+        if not has_segment(msg, "MRG"):
+            raise Hl7Error("AE", f"ADT^{h.trigger} needs an MRG segment")
+        prior = identifiers(msg, "MRG", 1, "MRG-1", allow_synthetic)
         if not prior:
             raise Hl7Error("AE", "MRG-1: no prior patient identifier")
     return AdtMessage(
@@ -241,9 +291,7 @@ def _esc(text: str) -> str:
     )
 
 
-def ack(
-    source: AdtMessage | Hl7Error, code: str, text: str = "", *, app: str = "PACSBROKER"
-) -> bytes:
+def ack(source: Parsed | Hl7Error, code: str, text: str = "", *, app: str = "PACSBROKER") -> bytes:
     """An ACK for a message or a refusal, in the request's character set."""
     h = source.header
     now = dt.datetime.now().strftime("%Y%m%d%H%M%S")

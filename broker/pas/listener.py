@@ -8,9 +8,22 @@ import socket
 import threading
 from collections.abc import Callable
 
+from broker.pas.hl7v2 import message_type
+
 log = logging.getLogger("pacsbroker.hl7")
 
 START, END = b"\x0b", b"\x1c\x0d"
+
+Handler = Callable[[bytes, str], bytes]
+
+
+def route(handlers: dict[str, Handler], fallback: Handler) -> Handler:
+    """One handler per MSH-9 message type (ADT, ORM, ...); the fallback answers the rest."""
+
+    def handle(raw: bytes, peer: str) -> bytes:
+        return handlers.get(message_type(raw), fallback)(raw, peer)
+
+    return handle
 
 
 class MllpListener:
@@ -21,7 +34,7 @@ class MllpListener:
         self,
         host: str,
         port: int,
-        handle: Callable[[bytes, str], bytes],
+        handle: Handler,
         *,
         max_message: int = 10 << 20,
     ) -> None:

@@ -1,0 +1,210 @@
+"""`pacsbroker research …`: projects, teaching collections, exports and re-identification."""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import json
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+from storage.deid.profile import DEFAULT_OPTIONS, Option
+from storage.research.models import ProjectKind
+from storage.settings import Settings
+
+research_app = typer.Typer(help="De-identified research projects and teaching collections.")
+console = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except Exception as e:
+        console.print(f"[red]configuration error:[/red] {e}")
+        raise typer.Exit(2) from None
+
+
+def _actor() -> str:
+    return f"cli:{getpass.getuser()}"
+
+
+@research_app.command("create")
+def create(
+    project: Annotated[str, typer.Argument(help="Short name: a-z, 0-9 and '-'")],
+    title: Annotated[str, typer.Option(help="What the project or collection is")],
+    owner: Annotated[str, typer.Option(help="Who is responsible for it")],
+    approval: Annotated[str, typer.Option(help="Ethics approval reference (e.g. REK)")] = "",
+    purpose: Annotated[str, typer.Option(help="What the data may be used for")] = "",
+    expires: Annotated[str, typer.Option(help="Last day of access, YYYY-MM-DD")] = "",
+    kind: Annotated[ProjectKind, typer.Option(help="research or teaching")] = (
+        ProjectKind.RESEARCH
+    ),
+    option: Annotated[
+        list[Option] | None, typer.Option(help="Annex E options (repeat); default: all four")
+    ] = None,
+) -> None:
+    """Create a project (or teaching collection) and its pseudonym key."""
+    from storage.research import projects
+    from storage.research.archive import ResearchArchive
+    from storage.research.keys import KeyStore
+
+    s = _settings()
+    research = ResearchArchive(s)
+    try:
+        with research.sessions() as session, session.begin():
+            found = projects.create(
+                session,
+                KeyStore(s.data_dir),
+                slug=project,
+                kind=kind,
+                title=title,
+                owner=owner,
+                purpose=purpose,
+                approval=approval,
+                expires=dt.date.fromisoformat(expires) if expires else None,
+                options=option or DEFAULT_OPTIONS,
+                created_by=_actor(),
+            )
+            print(json.dumps(projects.describe(session, found)))
+    except (projects.ProjectError, ValueError) as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(1) from None
+    finally:
+        research.close()
+
+
+@research_app.command("list")
+def list_projects(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Projects and collections with what they hold."""
+    from storage.research import projects
+    from storage.research.archive import ResearchArchive
+
+    research = ResearchArchive(_settings())
+    try:
+        with research.sessions() as session:
+            found = projects.listing(session)
+    finally:
+        research.close()
+    if as_json:
+        print(json.dumps(found))
+        return
+    for p in found:
+        state = "expired" if p["expired"] else f"until {p['expires'] or 'further notice'}"
+        print(
+            f"{p['role']:32} {p['studies']:5} studies {p['instances']:7} objects  "
+            f"{state}  {p['title']} ({p['owner']}, {p['approval'] or 'no approval ref'})"
+        )
+
+
+@research_app.command("export")
+def export_cmd(
+    project: str,
+    study: Annotated[list[str] | None, typer.Option(help="Study Instance UID (repeat)")] = None,
+    filter_: Annotated[
+        list[str] | None,
+        typer.Option("--filter", help="KEYWORD=VALUE as in QIDO, e.g. StudyDate=20240101-"),
+    ] = None,
+    background: Annotated[
+        bool, typer.Option(help="Queue it as a job for the running broker instead")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """De-identify the selected studies into the project (run again to resume)."""
+    from storage.archive import Archive
+    from storage.research import export_job, projects
+    from storage.research.archive import ResearchArchive
+    from storage.research.export import Selection, export
+    from storage.research.keys import KeyMissing, KeyStore
+
+    filters = dict(f.split("=", 1) for f in filter_ or [] if "=" in f)
+    selection = Selection(list(study or []), filters)
+    if not selection.study_uids and not selection.filters:
+        console.print("[red]select studies with --study or --filter[/red]")
+        raise typer.Exit(2)
+    s = _settings()
+    clinical = Archive(s, run_migrations=True)
+    if background:
+        with clinical.sessions() as session, session.begin():
+            job = export_job.start(session, project, selection, created_by=_actor())
+            console.print(f"queued as job {job.id}: pacsbroker jobs show {job.id}")
+        return
+    research = ResearchArchive(s)
+    try:
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=console,
+        ) as bar:
+            task = bar.add_task(f"exporting to {project}", total=None)
+            report = export(
+                clinical,
+                research,
+                KeyStore(s.data_dir),
+                project,
+                selection,
+                actor=_actor(),
+                source="cli",
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+    except (projects.ProjectError, projects.NoSuchProject, KeyMissing, ValueError) as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(1) from None
+    finally:
+        research.close()
+        clinical.close()
+    if as_json:
+        print(json.dumps(report.as_dict()))
+    else:
+        console.print(
+            f"{report.studies} studies, {report.instances} objects: {report.exported} exported, "
+            f"{report.already} already there, {len(report.held_back)} held back, "
+            f"{len(report.failed)} failed"
+        )
+        for item in report.held_back:
+            console.print(f"[yellow]held back[/yellow] {item.sop_uid}: {item.reason}")
+        for item in report.failed:
+            console.print(f"[red]failed[/red] {item.sop_uid}: {item.reason}")
+    if report.failed:
+        raise typer.Exit(1)
+
+
+@research_app.command("held-back")
+def held_back_cmd(project: str) -> None:
+    """Objects exports into the project held back (burned-in annotation, faces), and why."""
+    from storage.archive import Archive
+    from storage.research.export import held_back
+
+    clinical = Archive(_settings(), run_migrations=True)
+    with clinical.sessions() as session:
+        print(json.dumps(held_back(session, project)))
+
+
+@research_app.command("reidentify")
+def reidentify_cmd(project: str, pseudonym: str) -> None:
+    """Who a pseudonym stands for (needs the project's key; audited)."""
+    from storage.archive import Archive
+    from storage.research.keys import KeyMissing, KeyStore
+    from storage.research.reidentify import reidentify
+
+    s = _settings()
+    try:
+        found = reidentify(
+            Archive(s, run_migrations=True),
+            KeyStore(s.data_dir),
+            project,
+            pseudonym,
+            actor=_actor(),
+            source="cli",
+        )
+    except KeyMissing as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(1) from None
+    if not found.found:
+        console.print(f"[red]{pseudonym} is no patient exported to {project}[/red]")
+        raise typer.Exit(1)
+    print(json.dumps({"patient_id": found.patient_id, "issuer": found.issuer, "name": found.name}))

@@ -1,0 +1,1 @@
+"""Research projects and teaching collections: their own database, bucket and access."""

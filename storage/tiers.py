@@ -1,0 +1,261 @@
+"""Near and far tiers: far (central MinIO) is the system of record; near is a cache by the
+readers with a byte budget. Reads go near → far and fill near; eviction is least recently used
+and never takes an object pinned by a prefetch for an upcoming visit.
+
+What near holds is indexed in `near_objects` (shared by every broker process), so one process
+can evict what another filled; access times and hit counters are batched in memory and flushed
+every few seconds, because a database write per image read would cost more than the read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage.models import NearObject, TierCounter, utcnow
+from storage.objects import ObjectNotFound, ObjectStore, ObjectStoreError
+
+log = logging.getLogger("pacsbroker.tiers")
+
+NEAR, FAR = "near", "far"
+
+
+def _study_of(key: str) -> str:
+    return key.split("/", 1)[0]
+
+
+def _insert(session: Session) -> type[postgresql.Insert] | type[sqlite.Insert]:
+    """The dialect's INSERT with ON CONFLICT, so two processes filling one key both succeed."""
+    return postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert  # type: ignore[union-attr,return-value]
+
+
+class TieredStore:
+    """An ObjectStore over two stores; writes go to far (and near when `write_near`)."""
+
+    def __init__(
+        self,
+        far: ObjectStore,
+        near: ObjectStore,
+        sessions: sessionmaker[Session],
+        *,
+        budget: int,
+        write_near: bool = False,
+        flush_interval: float = 2.0,
+    ) -> None:
+        self.far, self.near, self.sessions = far, near, sessions
+        self.budget = budget
+        self.write_near = write_near
+        self.name = f"near {near.name} → far {far.name}"
+        self._lock = threading.Lock()
+        self._touched: dict[str, dt.datetime] = {}
+        self._reads: Counter[str] = Counter()
+        self._bytes: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._local = threading.local()
+        self._flusher = threading.Thread(
+            target=self._flush_loop, args=(flush_interval,), name="tier-flush", daemon=True
+        )
+        self._flusher.start()
+
+    # ObjectStore
+
+    def put(self, key: str, data: bytes) -> None:
+        self.far.put(key, data)
+        if self.write_near:
+            self.fill(key, data)
+
+    def get(self, key: str) -> bytes:
+        try:
+            data = self.near.get(key)
+        except (ObjectNotFound, ObjectStoreError):
+            data = self.far.get(key)
+            self._count(FAR, len(data))
+            self.fill(key, data)
+            return data
+        self._count(NEAR, len(data))
+        with self._lock:
+            self._touched[key] = utcnow()
+        return data
+
+    def exists(self, key: str) -> bool:
+        return self.far.exists(key)
+
+    def delete(self, key: str) -> None:
+        """Deleting from the archive deletes from both tiers, far last: a crash in between
+        leaves the object readable, never an index row that points at nothing."""
+        self.drop_near([key])
+        self.far.delete(key)
+
+    def keys(self, prefix: str = "") -> Iterator[str]:
+        return self.far.keys(prefix)
+
+    def check(self) -> None:
+        self.far.check()
+        try:
+            self.near.check()
+        except ObjectStoreError as e:
+            log.warning("near tier unavailable, reading from far: %s", e)
+
+    # near tier
+
+    def last_tier(self) -> str:
+        """The tier this thread's last read came from (for per-operation logs)."""
+        return str(getattr(self._local, "tier", FAR))
+
+    def _count(self, tier: str, size: int) -> None:
+        self._local.tier = tier
+        with self._lock:
+            self._reads[tier] += 1
+            self._bytes[tier] += size
+
+    def fill(self, key: str, data: bytes, *, pin_until: dt.datetime | None = None) -> bool:
+        """Copy into near (making room first); False when near cannot take it now."""
+        if len(data) > self.budget:
+            return False
+        self.make_room(len(data))
+        try:
+            self.near.put(key, data)
+        except ObjectStoreError as e:
+            log.warning("near tier: cannot fill %s: %s", key, e)
+            return False
+        now = utcnow()
+        with self.sessions() as session, session.begin():
+            ins = _insert(session)(NearObject).values(
+                key=key,
+                study_uid=_study_of(key),
+                size=len(data),
+                last_access=now,
+                added_at=now,
+                pinned_until=pin_until,
+            )
+            changes = {"last_access": now}
+            if pin_until is not None:
+                changes["pinned_until"] = pin_until
+            session.execute(ins.on_conflict_do_update(index_elements=["key"], set_=changes))
+        return True
+
+    def used(self) -> int:
+        with self.sessions() as session:
+            return int(session.scalar(select(func.coalesce(func.sum(NearObject.size), 0))) or 0)
+
+    def make_room(self, need: int) -> int:
+        """Evict so `need` more bytes fit; down to 90 % of the budget, so not every fill has
+        to evict. Returns the bytes freed."""
+        if self.used() + need <= self.budget:
+            return 0
+        return self.shrink_to(min(self.budget - need, int(self.budget * 0.9)))
+
+    def shrink_to(self, target: int) -> int:
+        """Evict least recently used, unpinned objects until near holds at most `target`."""
+        used = self.used()
+        freed = 0
+        victims = []
+        with self.sessions() as session:
+            rows = session.execute(
+                select(NearObject.key, NearObject.size)
+                .where((NearObject.pinned_until.is_(None)) | (NearObject.pinned_until < utcnow()))
+                .order_by(NearObject.last_access)
+            )
+            for key, size in rows:
+                if used - freed <= target:
+                    break
+                victims.append(key)
+                freed += size
+        self.drop_near(victims)
+        if victims:
+            log.info("near tier: evicted %d objects (%d bytes)", len(victims), freed)
+        return freed
+
+    def drop_near(self, keys: list[str]) -> None:
+        """Remove from near: the index row first, so no reader is sent to a missing object."""
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            with self.sessions() as session, session.begin():
+                session.execute(delete(NearObject).where(NearObject.key.in_(chunk)))
+            for key in chunk:
+                try:
+                    self.near.delete(key)
+                except ObjectStoreError as e:
+                    log.warning("near tier: cannot delete %s: %s", key, e)
+
+    def pin(self, keys: list[str], until: dt.datetime) -> None:
+        with self.sessions() as session, session.begin():
+            session.execute(
+                update(NearObject).where(NearObject.key.in_(keys)).values(pinned_until=until)
+            )
+
+    def pinned_studies(self) -> set[str]:
+        with self.sessions() as session:
+            rows = session.scalars(
+                select(NearObject.study_uid).where(NearObject.pinned_until > utcnow()).distinct()
+            )
+            return set(rows)
+
+    # batched bookkeeping
+
+    def flush(self) -> None:
+        with self._lock:
+            touched, self._touched = self._touched, {}
+            reads, self._reads = self._reads, Counter()
+            sizes, self._bytes = self._bytes, Counter()
+        if not touched and not reads:
+            return
+        with self.sessions() as session, session.begin():
+            for key, when in touched.items():
+                session.execute(
+                    update(NearObject).where(NearObject.key == key).values(last_access=when)
+                )
+            for tier, n in reads.items():
+                ins = _insert(session)(TierCounter).values(tier=tier, reads=n, bytes=sizes[tier])
+                session.execute(
+                    ins.on_conflict_do_update(
+                        index_elements=["tier"],
+                        set_={
+                            "reads": TierCounter.reads + n,
+                            "bytes": TierCounter.bytes + sizes[tier],
+                        },
+                    )
+                )
+
+    def _flush_loop(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                self.flush()
+            except Exception:
+                log.exception("near tier bookkeeping flush failed")
+
+    def close(self) -> None:
+        self._stop.set()
+        self.flush()
+
+
+def report(session: Session, budget: int) -> dict[str, Any]:
+    """Reads and bytes served per tier, the hit ratio, and what near holds against its budget."""
+    counters = {c.tier: c for c in session.scalars(select(TierCounter))}
+    hits = counters[NEAR].reads if NEAR in counters else 0
+    misses = counters[FAR].reads if FAR in counters else 0
+    count, size = session.execute(
+        select(func.count(NearObject.key), func.coalesce(func.sum(NearObject.size), 0))
+    ).one()
+    return {
+        "near": {
+            "objects": int(count),
+            "bytes": int(size),
+            "budget_bytes": budget,
+            "reads": hits,
+            "bytes_served": counters[NEAR].bytes if NEAR in counters else 0,
+        },
+        "far": {
+            "reads": misses,
+            "bytes_served": counters[FAR].bytes if FAR in counters else 0,
+        },
+        "hit_ratio": round(hits / (hits + misses), 4) if hits + misses else None,
+    }
