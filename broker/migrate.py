@@ -18,10 +18,17 @@ from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext, build_context, build_role
 
-from broker.dimse.contexts import STORAGE_SYNTAXES, STUDY_FIND, STUDY_GET, STUDY_MOVE, UNCOMPRESSED
+from broker.dimse.contexts import (
+    STORAGE_SYNTAXES,
+    STUDY_FIND,
+    STUDY_GET,
+    STUDY_MOVE,
+    UNCOMPRESSED,
+    storage_classes,
+)
 from storage import jobs, migration
-from storage.migration import (
-    MigrationParams,
+from storage.migration import MigrationParams
+from storage.migration_source import (
     Retrieved,
     SeriesCount,
     SourceCounts,
@@ -188,7 +195,7 @@ class DimseSource:
             return SourceCounts(series)
         images, capped = self._images(study_uid)
         if capped:
-            total = self.find_study_total(study_uid)
+            total = self._study_total(study_uid)
             return SourceCounts(series, per_series=False, total=total)
         counted: dict[str, SeriesCount] = {}
         for ds in images:
@@ -208,7 +215,7 @@ class DimseSource:
         }
         return self._find("IMAGE", keys, 0)  # instance-level limits, if any, say so by status
 
-    def find_study_total(self, study_uid: str) -> int | None:
+    def _study_total(self, study_uid: str) -> int | None:
         keys = {"StudyInstanceUID": study_uid, "NumberOfStudyRelatedInstances": ""}
         found, _ = self._find("STUDY", keys, 0)
         return _count(found[0], "NumberOfStudyRelatedInstances") if found else None
@@ -247,7 +254,8 @@ class DimseSource:
 
     def _get(self, study_uid: str, ident: Dataset) -> Retrieved:
         images, _capped = self._images(study_uid)
-        classes = sorted({_text(ds, "SOPClassUID") for ds in images} - {""})
+        # all storage classes (uncompressed only) if the PACS will not name the study's own
+        classes = sorted({_text(ds, "SOPClassUID") for ds in images} - {""}) or storage_classes()
         storage = _storage_contexts(classes)
         roles = [build_role(c, scp_role=True) for c in classes]
         host = (

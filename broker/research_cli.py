@@ -3,32 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
-import getpass
 import json
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
+from broker.cli_common import actor as _actor
+from broker.cli_common import console, progress, refused
+from broker.cli_common import settings as _settings
 from storage.deid.profile import DEFAULT_OPTIONS, Option
 from storage.research.models import ProjectKind
-from storage.settings import Settings
 
 research_app = typer.Typer(help="De-identified research projects and teaching collections.")
-console = Console(stderr=True)
-
-
-def _settings() -> Settings:
-    try:
-        return Settings()
-    except Exception as e:
-        console.print(f"[red]configuration error:[/red] {e}")
-        raise typer.Exit(2) from None
-
-
-def _actor() -> str:
-    return f"cli:{getpass.getuser()}"
 
 
 @research_app.command("create")
@@ -54,7 +40,11 @@ def create(
     s = _settings()
     research = ResearchArchive(s)
     try:
-        with research.sessions() as session, session.begin():
+        with (
+            refused(projects.ProjectError, ValueError),
+            research.sessions() as session,
+            session.begin(),
+        ):
             found = projects.create(
                 session,
                 KeyStore(s.data_dir),
@@ -69,9 +59,6 @@ def create(
                 created_by=_actor(),
             )
             print(json.dumps(projects.describe(session, found)))
-    except (projects.ProjectError, ValueError) as e:
-        console.print(f"[red]{e}[/red]")
-        raise typer.Exit(1) from None
     finally:
         research.close()
 
@@ -133,13 +120,10 @@ def export_cmd(
         return
     research = ResearchArchive(s)
     try:
-        with Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=console,
-        ) as bar:
+        with (
+            refused(projects.ProjectError, projects.NoSuchProject, KeyMissing, ValueError),
+            progress() as bar,
+        ):
             task = bar.add_task(f"exporting to {project}", total=None)
             report = export(
                 clinical,
@@ -151,9 +135,6 @@ def export_cmd(
                 source="cli",
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
             )
-    except (projects.ProjectError, projects.NoSuchProject, KeyMissing, ValueError) as e:
-        console.print(f"[red]{e}[/red]")
-        raise typer.Exit(1) from None
     finally:
         research.close()
         clinical.close()
@@ -192,7 +173,7 @@ def reidentify_cmd(project: str, pseudonym: str) -> None:
     from storage.research.reidentify import reidentify
 
     s = _settings()
-    try:
+    with refused(KeyMissing):
         found = reidentify(
             Archive(s, run_migrations=True),
             KeyStore(s.data_dir),
@@ -201,9 +182,6 @@ def reidentify_cmd(project: str, pseudonym: str) -> None:
             actor=_actor(),
             source="cli",
         )
-    except KeyMissing as e:
-        console.print(f"[red]{e}[/red]")
-        raise typer.Exit(1) from None
     if not found.found:
         console.print(f"[red]{pseudonym} is no patient exported to {project}[/red]")
         raise typer.Exit(1)

@@ -15,10 +15,8 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any, Literal, Protocol
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 from sqlalchemy import func, select, update
@@ -26,47 +24,29 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from storage import audit, jobs
-from storage.migration_windows import Answer, Found, Window, initial, step
-from storage.models import (
-    Conflict,
-    Instance,
-    Job,
-    MigrationStudy,
-    Patient,
-    PatientStatus,
-    Series,
-    Study,
+from storage.migration_source import (
+    LegacySource,
+    Retrieved,
+    SourceCounts,
+    SourceError,
+    SourceUnavailable,
+    StudyRefused,
 )
+from storage.migration_verify import StudyState, archived, problem, verify
+from storage.migration_windows import Answer, Found, Window, initial, step
+from storage.models import Job, MigrationStudy
 from storage.settings import Settings
 
 log = logging.getLogger("pacsbroker.migration")
 MIGRATION = "migration"
 POLL = 0.1  # seconds between looks at the index while a study is being ingested
 RETRIES = 3  # a source that stops answering is retried this often, waiting longer each time
+REFUSALS = 3  # this many studies refused in a row stop the job: the PACS is set up wrong
 BACKOFF = 5.0
-
-
-class StudyState(StrEnum):
-    PENDING = "pending"
-    VERIFIED = "verified"
-    DISCREPANCY = "discrepancy"  # migrated, but something differs: see its problems
-    FAILED = "failed"  # the PACS refused to send it
 
 
 class MigrationError(ValueError):
     """The migration cannot be started that way; the message says why."""
-
-
-class SourceError(Exception):
-    """The legacy PACS cannot be used (refused us, does not know our AE): the job stops."""
-
-
-class SourceUnavailable(SourceError):
-    """The legacy PACS did not answer; retried, then the job stops (a retry resumes it)."""
-
-
-class StudyRefused(Exception):
-    """The legacy PACS refused to send one study: reported, and the job goes on."""
 
 
 class Hours:
@@ -147,48 +127,6 @@ class MigrationParams(BaseModel):
         return self
 
 
-# --- what the job needs of the legacy PACS ------------------------------------------------
-
-
-@dataclass
-class SeriesCount:
-    series_uid: str
-    modality: str = ""
-    instances: int | None = None  # None: the PACS would not say
-
-
-@dataclass
-class SourceCounts:
-    series: dict[str, SeriesCount] = field(default_factory=dict)
-    per_series: bool = True  # False: the PACS capped series and image queries alike
-    total: int | None = None  # the study's total, when per-series counts are unknown
-
-    def complete_in(self, ours: dict[str, int]) -> bool:
-        """Whether the index already holds at least what the source has."""
-        if not self.series:
-            return False
-        if self.per_series:
-            return all(
-                ours.get(s.series_uid, 0) >= (s.instances or 0) for s in self.series.values()
-            )
-        return self.total is not None and sum(ours.values()) >= self.total
-
-
-@dataclass
-class Retrieved:
-    completed: int = 0
-    failed: int = 0
-    warning: int = 0
-    comment: str = ""
-
-
-class LegacySource(Protocol):
-    def echo(self) -> None: ...
-    def find(self, window: Window) -> Answer: ...
-    def counts(self, study_uid: str) -> SourceCounts: ...
-    def retrieve(self, study_uid: str) -> Retrieved: ...
-
-
 # --- queueing ---------------------------------------------------------------------------------
 
 
@@ -225,112 +163,7 @@ def start(session: Session, params: MigrationParams, settings: Settings, *, crea
     return job
 
 
-# --- the index side -----------------------------------------------------------------------
-
-
-def archived(session: Session, study_uid: str) -> dict[str, int]:
-    """Instances per series the index holds for a study."""
-    rows = session.execute(
-        select(Series.series_uid, func.count(Instance.id))
-        .join(Series.study)
-        .join(Series.instances)
-        .where(Study.study_uid == study_uid)
-        .group_by(Series.series_uid)
-    )
-    return {uid: int(n) for uid, n in rows}
-
-
-def _problem(kind: str, detail: str) -> dict[str, str]:
-    return {"kind": kind, "detail": detail}
-
-
-def verify(
-    session: Session, study_uid: str, counts: SourceCounts, got: Retrieved | None
-) -> tuple[StudyState, dict[str, Any], int]:
-    """Compare the index with the source; returns the state, the report detail and how many
-    instances the index holds."""
-    ours = archived(session, study_uid)
-    problems: list[dict[str, str]] = []
-    if got is not None and got.failed:
-        problems.append(_problem("retrieve-failed", f"{got.failed} sub-operations failed"))
-    if not counts.series:
-        problems.append(_problem("missing-at-source", "the PACS lists no series for the study"))
-    for s in counts.series.values():
-        have = ours.get(s.series_uid, 0)
-        if counts.per_series and have != s.instances:
-            problems.append(
-                _problem(
-                    "count-mismatch",
-                    f"series {s.series_uid} ({s.modality}): {s.instances} on the source, "
-                    f"{have} archived",
-                )
-            )
-    for uid in sorted(set(ours) - set(counts.series)):
-        problems.append(_problem("count-mismatch", f"series {uid}: not on the source, archived"))
-    if not counts.per_series:
-        problems.append(_problem("counts-unknown", "the PACS caps series and image queries"))
-        if counts.total != sum(ours.values()):
-            what = f"{counts.total} on the source, {sum(ours.values())} archived"
-            problems.append(_problem("count-mismatch", f"study: {what}"))
-    rows = session.execute(
-        select(
-            Series.series_uid,
-            Instance.sop_uid,
-            Instance.sha256,
-            Instance.header_differences,
-            Patient.patient_id,
-            Patient.status,
-            Patient.status_reason,
-        )
-        .join(Instance.series)
-        .join(Series.study)
-        .join(Study.patient)
-        .where(Study.study_uid == study_uid)
-        .order_by(Series.series_uid, Instance.sop_uid)
-    ).all()
-    problems += _patient_problems(session, rows)
-    detail = {
-        "series": [
-            {
-                "series_uid": s.series_uid,
-                "modality": s.modality,
-                "source": s.instances,
-                "archived": ours.get(s.series_uid, 0),
-            }
-            for s in counts.series.values()
-        ],
-        "problems": problems,
-        "retrieved": None if got is None else got.__dict__,
-        "instances": [[r.series_uid, r.sop_uid, r.sha256] for r in rows],
-    }
-    state = StudyState.DISCREPANCY if problems else StudyState.VERIFIED
-    return state, detail, sum(ours.values())
-
-
-def _patient_problems(session: Session, rows: Sequence[Any]) -> list[dict[str, str]]:
-    """What reconciliation with PAS said of the study's objects (ingest did the work)."""
-    out: list[dict[str, str]] = []
-    for pid, status, reason in sorted({(r.patient_id, r.status, r.status_reason) for r in rows}):
-        if status == PatientStatus.QUARANTINED:
-            out.append(_problem("quarantined", f"patient {pid}: {reason}"))
-        elif status == PatientStatus.UNVERIFIED:
-            out.append(_problem("pas-unverified", f"patient {pid}: {reason}"))
-    differing = [json.loads(r.header_differences) for r in rows if r.header_differences]
-    if differing:
-        fields = sorted({k for d in differing for k in d})
-        out.append(
-            _problem(
-                "pas-difference",
-                f"{len(differing)} instances: the PACS's {', '.join(fields)} differ from PAS",
-            )
-        )
-    uids = [r.sop_uid for r in rows]
-    conflicts = session.scalar(select(func.count(Conflict.id)).where(Conflict.sop_uid.in_(uids)))
-    if conflicts:
-        out.append(
-            _problem("conflict", f"{conflicts} objects came under a SOP Instance UID we hold")
-        )
-    return out
+# --- the study rows ---------------------------------------------------------------------------
 
 
 def _add_found(session: Session, job_id: int, found: list[Found]) -> None:
@@ -409,6 +242,8 @@ class Migration:
         self.hours = Hours(self.p.hours)
         self.sessions = ctx.archive.sessions
         self.halt = threading.Event()  # a worker failed: the others stop after their study
+        self.refused = 0  # studies refused in a row
+        self.lock = threading.Lock()
 
     def run(self) -> dict[str, Any]:
         p = self.p
@@ -489,7 +324,8 @@ class Migration:
                 select(MigrationStudy.id)
                 .where(
                     MigrationStudy.job_fk == self.ctx.job_id,
-                    MigrationStudy.state == StudyState.PENDING,
+                    # a run retries what the PACS refused in an earlier one
+                    MigrationStudy.state.in_([StudyState.PENDING, StudyState.FAILED]),
                 )
                 .order_by(MigrationStudy.study_date.desc(), MigrationStudy.id)
             ):
@@ -565,9 +401,19 @@ class Migration:
                 f.got = self.source.retrieve(uid)
                 f.retrieve_s = time.monotonic() - t
         except StudyRefused as e:
-            problem = _problem("retrieve-failed", str(e))
-            self._save(row_id, StudyState.FAILED, {"problems": [problem]})
+            refusal = problem("retrieve-failed", str(e))
+            self._save(row_id, StudyState.FAILED, {"problems": [refusal]})
+            with self.lock:
+                self.refused += 1
+                if self.refused >= REFUSALS:
+                    raise SourceError(
+                        f"{self.refused} studies in a row refused, the last with {e}: does "
+                        f"{self.p.source_ae} know {self.ctx.archive.settings.ae_title} as a "
+                        "move destination, allowed to retrieve?"
+                    ) from None
             return None
+        with self.lock:
+            self.refused = 0
         f.ended = time.monotonic()
         return f
 

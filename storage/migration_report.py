@@ -11,7 +11,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from storage import jobs
-from storage.migration import MIGRATION, StudyState, tally
+from storage.migration import MIGRATION, tally
+from storage.migration_verify import StudyState
 from storage.models import MigrationStudy
 
 CSV_COLUMNS = [

@@ -100,6 +100,10 @@ def legacy(broker_factory, tmp_path: Path) -> Iterator[tuple[Broker, Orthanc, li
     orthanc.stop()
 
 
+def api_token(b: Broker) -> str:
+    return b.cli("token", "--user", "admin", "--role", "radiology-admin").stdout.strip()
+
+
 def source(orthanc: Orthanc) -> str:
     return f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"
 
@@ -197,20 +201,36 @@ def test_migrate_with_c_get(broker_factory, tmp_path: Path) -> None:
         orthanc.stop()
 
 
-def test_admin_api_refuses_what_it_cannot_run(broker_factory) -> None:
-    b = broker_factory({"PACSBROKER_PEERS": json.dumps([{"ae": "OTHER"}])}).start()
-    tok = b.cli("token", "--user", "u", "--role", "radiologist").stdout.strip()
+def test_refusals_before_and_during_the_job(broker_factory, tmp_path: Path) -> None:
+    """The API refuses other roles, unknown peers and bad hours; a PACS that refuses every
+    C-MOVE (Orthanc: it does not know us as a destination) stops the job, saying why."""
+    orthanc = Orthanc(tmp_path / "orthanc")
+    peers = [{"ae": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port}]
+    b = broker_factory({"PACSBROKER_PEERS": json.dumps(peers)}).start()
     url = f"http://127.0.0.1:{b.http_port}/api/v1/admin/migrations"
+    tok = b.cli("token", "--user", "u", "--role", "radiologist").stdout.strip()
     body = {"source_ae": "LEGACY", "host": "127.0.0.1", "port": 104}
     r = httpx.post(url, json=body, headers={"Authorization": f"Bearer {tok}"})
     assert r.status_code == 403
-    admin = b.cli("token", "--user", "a", "--role", "radiology-admin").stdout.strip()
-    r = httpx.post(url, json=body, headers={"Authorization": f"Bearer {admin}"})
+    admin = {"Authorization": f"Bearer {api_token(b)}"}
+    r = httpx.post(url, json=body, headers=admin)
     assert r.status_code == 409 and "PEERS" in r.text  # LEGACY may not store into us
-    r = httpx.post(
-        url, json={**body, "hours": "25-7"}, headers={"Authorization": f"Bearer {admin}"}
-    )
+    r = httpx.post(url, json={**body, "hours": "25-7"}, headers=admin)
     assert r.status_code == 422
+
+    allow = {"DicomAlwaysAllowFind": True, "DicomAlwaysAllowMove": True}
+    orthanc.start({}, allow)  # knows no modality, so no move destination either
+    try:
+        for date in ("20240101", "20240102", "20240103"):
+            for p in copy_study("ola-cr", date, "101500", tmp_path / "legacy"):
+                orthanc.upload(p)
+        r = b.cli("migrate", "--from", "ORTHANC", "--wait", "--json")
+        job = json.loads(r.stdout)
+        assert r.returncode == 1 and job["state"] == "failed", job
+        assert "3 studies in a row refused" in job["message"]
+        assert "know PACSBROKER as a move destination" in job["message"]
+    finally:
+        orthanc.stop()
 
 
 # --- the window logic, against a PACS made of a list ------------------------------------------
