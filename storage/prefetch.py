@@ -249,6 +249,7 @@ def run(ctx: jobs.JobContext) -> dict[str, Any]:
             total = sum(len(study_objects(session, u)) for u in cp["studies"])
         ctx.progress(done=0, total=total, checkpoint=cp, message=f"{len(cp['studies'])} studies")
     until = pin_deadline(ctx.archive.settings.prefetch_pin_hours)
+    pause = ctx.archive.settings.prefetch_pause
     done = ctx.done
     while cp["next"] < len(cp["studies"]):
         ctx.check()
@@ -264,6 +265,8 @@ def run(ctx: jobs.JobContext) -> dict[str, Any]:
             "present": cp["present"] + present,
         }
         ctx.progress(done=done, checkpoint=cp, message=f"study {uid} near")
+        if pause and cp["next"] < len(cp["studies"]):
+            ctx.sleep(pause)
     log.info("prefetch job %d: %s", ctx.job_id, cp)
     return {k: cp[k] for k in ("studies", "copied", "present")}
 

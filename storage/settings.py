@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     prefetch_pin_hours: float = Field(
         default=48.0, description="Hours prefetched studies are kept from eviction"
     )
+    prefetch_pause: float = Field(
+        default=0.0, description="Seconds a prefetch pauses between studies, to spare far"
+    )
     peers: list[Peer] = Field(default_factory=list)
     loopback_open: bool | None = Field(
         default=None,

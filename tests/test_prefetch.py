@@ -153,3 +153,39 @@ def test_order_prefetches_priors_and_near_keeps_its_budget(
     r = b.cli("prefetch", "--study", mr, "--wait")
     assert r.returncode == 0, r.stderr
     assert near_studies(b).get(mr) == len(KARI_CT)
+
+
+def test_kill9_during_a_prefetch_then_restart_finishes_it(
+    broker_factory, minio: MinioServer, tmp_path: Path
+) -> None:
+    b = broker_factory(
+        {
+            **minio.env("pacs-far"),
+            "PACSBROKER_NEAR_DIR": str(tmp_path / "near"),
+            "PACSBROKER_PREFETCH_PAUSE": "0.7",
+            "PACSBROKER_JOB_LEASE": "3",
+            "PACSBROKER_PEERS": json.dumps([{"ae": "STORESCU"}]),
+        }
+    ).start()
+    uids = [study(tmp_path / f"s{i}", f"2025010{i + 1}") for i in range(5)]
+    for i in range(5):
+        assert storescu(b.dicom_port, sorted((tmp_path / f"s{i}").iterdir())).returncode == 0
+    wait_instances(b, 5 * len(KARI_CT))
+    job = api(b, "POST", "/api/v1/admin/prefetch", json={"study_uids": uids})
+    deadline = time.time() + 60
+    while (j := api(b, "GET", f"/api/v1/admin/jobs/{job['id']}"))["done"] < len(KARI_CT):
+        assert time.time() < deadline, j
+        time.sleep(0.05)
+    b.kill9()
+    assert j["state"] == "running" and j["done"] < 5 * len(KARI_CT)
+
+    b.start()
+    j = wait_job(b, job["id"], timeout=90)
+    assert j["state"] == "succeeded" and j["attempts"] == 2, j
+    assert j["result"]["studies"] == uids
+    assert j["result"]["copied"] + j["result"]["present"] == 5 * len(KARI_CT)
+    held = {}
+    for p in (tmp_path / "near").rglob("*.dcm"):
+        uid = p.relative_to(tmp_path / "near").parts[0]
+        held[uid] = held.get(uid, 0) + 1
+    assert held == {uid: len(KARI_CT) for uid in uids}
