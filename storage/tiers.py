@@ -55,6 +55,7 @@ class TieredStore:
         self.write_near = write_near
         self.name = f"near {near.name} → far {far.name}"
         self._lock = threading.Lock()
+        self._reserve = threading.Lock()
         self._touched: dict[str, dt.datetime] = {}
         self._reads: Counter[str] = Counter()
         self._bytes: Counter[str] = Counter()
@@ -120,26 +121,32 @@ class TieredStore:
         """Copy into near (making room first); False when near cannot take it now."""
         if len(data) > self.budget:
             return False
-        self.make_room(len(data))
+        # Room is made and reserved (the index row) in one step, so parallel fills cannot
+        # each see the same free space and together overrun the budget. A reader that finds
+        # the row before the object falls back to far.
+        with self._reserve:
+            self.make_room(len(data))
+            now = utcnow()
+            with self.sessions() as session, session.begin():
+                ins = _insert(session)(NearObject).values(
+                    key=key,
+                    study_uid=_study_of(key),
+                    size=len(data),
+                    last_access=now,
+                    added_at=now,
+                    pinned_until=pin_until,
+                )
+                changes = {"last_access": now}
+                if pin_until is not None:
+                    changes["pinned_until"] = pin_until
+                session.execute(ins.on_conflict_do_update(index_elements=["key"], set_=changes))
         try:
             self.near.put(key, data)
         except ObjectStoreError as e:
             log.warning("near tier: cannot fill %s: %s", key, e)
+            with self.sessions() as session, session.begin():
+                session.execute(delete(NearObject).where(NearObject.key == key))
             return False
-        now = utcnow()
-        with self.sessions() as session, session.begin():
-            ins = _insert(session)(NearObject).values(
-                key=key,
-                study_uid=_study_of(key),
-                size=len(data),
-                last_access=now,
-                added_at=now,
-                pinned_until=pin_until,
-            )
-            changes = {"last_access": now}
-            if pin_until is not None:
-                changes["pinned_until"] = pin_until
-            session.execute(ins.on_conflict_do_update(index_elements=["key"], set_=changes))
         return True
 
     def used(self) -> int:

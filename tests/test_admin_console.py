@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from pydicom import dcmread
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
@@ -190,7 +191,8 @@ def test_admin_pages_in_chromium(broker: Broker, browser: WebDriver) -> None:  #
         job = api.post("/fixity", json={"sample": 1.0}).json()
         assert wait_job(api, job["id"])["state"] == "succeeded"
 
-    wait = WebDriverWait(browser, 20)
+    # a tab re-renders its tables after every change: look elements up again when they go stale
+    wait = WebDriverWait(browser, 20, ignored_exceptions=[StaleElementReferenceException])
 
     def tab(name: str, expect: str) -> str:
         browser.find_element(By.CSS_SELECTOR, f'#tabs a[href="#{name}"]').click()
@@ -214,7 +216,11 @@ def test_admin_pages_in_chromium(broker: Broker, browser: WebDriver) -> None:  #
     assert "CR etter 10 år" in tab("retention", "CR etter 10 år")
     browser.find_element(By.ID, "dry-run").click()
     wait.until(lambda d: "blir frigjort" in d.find_element(By.ID, "dry-run-result").text)
-    browser.find_element(By.XPATH, "//td[text()='CR etter 10 år']/..//button").click()
+    wait.until(
+        lambda d: (
+            d.find_element(By.XPATH, "//td[text()='CR etter 10 år']/..//button").click() or True
+        )
+    )
     browser.switch_to.alert.accept()
     wait.until(lambda d: "CR etter 10 år" not in d.find_element(By.ID, "retention-rules").text)
 

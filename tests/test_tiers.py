@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -50,6 +52,21 @@ def test_reads_fill_near_and_lru_eviction_keeps_the_budget(tiered: tiers.TieredS
         rep = tiers.report(session, tiered.budget)
     assert rep["near"]["reads"] == 1 and rep["far"]["reads"] == 7
     assert rep["near"]["bytes"] == tiered.used() <= tiered.budget
+
+
+def test_parallel_fills_never_overrun_the_budget(tiered: tiers.TieredStore) -> None:
+    """Ingest workers write through to near side by side; together they must stay in budget."""
+    start = threading.Barrier(8)
+
+    def fill(i: int) -> bool:
+        start.wait()
+        return tiered.fill(f"p{i}/se/o.dcm", bytes([i]) * (3 * KB))
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(fill, range(8)))
+    assert tiered.used() <= tiered.budget
+    held = sum(1 for _ in tiered.near.keys(""))
+    assert held * 3 * KB == tiered.used()  # every index row has its object and no more
 
 
 def test_prior_selection_follows_the_rule(archive: Archive) -> None:  # noqa: F811

@@ -167,13 +167,13 @@ class Deidentifier:
     # the walk
 
     def _walk(self, ds: Dataset, who: Subject, top: bool = False) -> None:
-        for elem in list(ds):
-            tag = int(elem.tag)
+        for key in list(ds.keys()):
+            tag = int(key)
             group = tag >> 16
             if top and tag in _TOP_LEVEL_SET:
                 continue  # set after the walk
             if (
-                elem.tag.is_private
+                group % 2 == 1  # private
                 or tag & 0xFFFF == 0  # group lengths would be stale
                 or (group & 0xFF00 in (0x5000, 0x6000) and group % 2 == 0)
             ):
@@ -182,6 +182,12 @@ class Deidentifier:
                 del ds[tag]
                 continue
             act = action(tag, self.options)
+            # still raw: a kept value is written back unparsed; no VR (implicit) or UN is
+            # parsed first, as the dictionary VR decides what an unlisted attribute needs
+            vr = ds.get_item(tag).VR
+            if vr not in (None, "SQ", "UN") and (act or self._by_vr(vr)) == "K":
+                continue
+            elem = ds[tag]
             if elem.VR == "SQ":
                 self._sequence(ds, elem, act, who)
             else:

@@ -84,11 +84,11 @@ function formJson(form) {
 
 let current = null;
 // Runs a change, says how it went, and shows the tab's fresh state.
-async function act(work, message) {
+async function act(work, message, reload = true) {
   try {
     const out = await work();
     say(typeof message === 'function' ? message(out) : message);
-    await load(current);
+    if (reload) await load(current);
     return out;
   } catch (e) {
     say(e.message, true);
@@ -269,7 +269,7 @@ $('dry-run').onclick = () => act(async () => {
       [T.reasons, s => s.reasons.join('; ')],
     ], d.studies, T.nothing_to_delete)));
   return d;
-}, '');
+}, '', false);  // a dry run changes nothing: re-rendering the rules would only make them flicker
 $('sweep').onclick = ask(T.confirm_sweep, () => api('/retention/sweep', 'POST'), queued);
 $('fixity').onclick = () => act(() => api('/fixity', 'POST', {}), queued);
 $('job-state').onchange = () => load('jobs');
