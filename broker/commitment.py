@@ -1,11 +1,12 @@
 """Storage commitment reports: each pending request is answered with an N-EVENT-REPORT once every
 instance it names is archived with a verified SHA-256, or is known to be missing or wrong.
 
-Runs in the main process, apart from the job queue so that a long migration or export never
-delays a modality waiting to delete its copies; requests come from the index (recorded by the
-receivers), so pending commitments survive restarts, and each attempt is claimed in the index, so
-broker processes sharing it never both send a report. Reports go on a new association to the
-requester's address in the peer table, retried with back-off while it cannot be reached.
+Each report is a durable job (kind `commitment`), queued by the receiver with the request: it
+survives restarts, is listed with its progress, can be cancelled and retried, and its lease keeps
+broker processes sharing the index from both sending it. While instances are on their way or the
+requester cannot be reached, the job defers itself instead of holding a worker, and every runner
+keeps one worker for these jobs alone, so a long migration never delays a modality waiting to
+delete its copies. Reports go on a new association to the requester's address in the peer table.
 """
 
 from __future__ import annotations
@@ -13,16 +14,22 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import threading
-import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role
-from sqlalchemy import select, update
+from sqlalchemy import select
 
-from broker.dimse.commitment import CLASS_INSTANCE_CONFLICT, NO_SUCH_OBJECT, PROCESSING_FAILURE
+from broker.dimse.commitment import (
+    CLASS_INSTANCE_CONFLICT,
+    NO_SUCH_OBJECT,
+    PROCESSING_FAILURE,
+    REPORT,
+    queue_report,
+)
 from broker.dimse.contexts import STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE
+from storage import jobs
 from storage.archive import Archive, sha256_of
 from storage.models import Commitment, Instance
 from storage.objects import ObjectNotFound, ObjectStoreError
@@ -58,123 +65,115 @@ def _ref(sop_class: str, sop_uid: str, **extra: object) -> Dataset:
     return item
 
 
-class CommitmentReporter:
-    def __init__(self, archive: Archive, *, wait: float, interval: float = 0.5) -> None:
-        self.archive = archive
-        self.wait = wait  # how long an instance may still be on its way before it counts missing
-        self.interval = interval
-        self._next_try: dict[int, float] = {}
-        self._stop = threading.Event()
-
-    def run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.round()
-            except Exception:
-                log.exception("storage commitment round failed")
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def round(self) -> None:
-        with self.archive.sessions() as session:
-            pending = list(
-                session.scalars(select(Commitment).where(Commitment.status == "pending"))
-            )
-        now = time.time()
-        for c in pending:
-            if self._next_try.get(c.id, 0.0) > now:
-                continue
-            verdict = self.judge(c)
-            if verdict.waiting or not self._claim(c):
-                continue
-            self.deliver(c, verdict)
-
-    def _claim(self, c: Commitment) -> bool:
-        """Count this attempt, unless another broker process sharing the index already did:
-        the conditional UPDATE lets exactly one process send each report."""
-        with self.archive.sessions() as session, session.begin():
-            result = session.execute(
-                update(Commitment)
-                .where(
-                    Commitment.id == c.id,
-                    Commitment.status == "pending",
-                    Commitment.attempts == c.attempts,
+def queue_unreported(archive: Archive) -> int:
+    """Queue a report job for pending requests that have none (recorded before reports were
+    jobs); returns how many."""
+    with archive.sessions() as session, session.begin():
+        rows = list(
+            session.scalars(
+                select(Commitment).where(
+                    Commitment.status == "pending", Commitment.job_fk.is_(None)
                 )
-                .values(attempts=Commitment.attempts + 1)
             )
-            return bool(getattr(result, "rowcount", 0))
+        )
+        for row in rows:
+            queue_report(session, row)
+    return len(rows)
 
-    def judge(self, c: Commitment) -> Verdict:
-        items = [tuple(i) for i in json.loads(c.items)]
-        age = (dt.datetime.now(dt.UTC) - _aware(c.received_at)).total_seconds()
-        verdict = Verdict()
-        with self.archive.sessions() as session:
-            found = {
-                i.sop_uid: i
-                for i in session.scalars(
-                    select(Instance).where(Instance.sop_uid.in_([sop for _, sop in items]))
-                )
-            }
-        for sop_class, sop in items:
-            inst = found.get(sop)
-            if inst is None:
-                if age < self.wait:
-                    verdict.waiting += 1
-                else:
-                    verdict.failed.append((sop_class, sop, NO_SUCH_OBJECT))
-                continue
-            if inst.sop_class_uid != sop_class:
-                verdict.failed.append((sop_class, sop, CLASS_INSTANCE_CONFLICT))
-                continue
-            try:
-                intact = sha256_of(self.archive.far.get(inst.object_key)) == inst.sha256
-            except ObjectNotFound:
-                intact = False
-            except ObjectStoreError:
-                verdict.waiting += 1  # the archive is down: ask again later, do not fail
-                continue
-            if intact:
-                verdict.committed.append((sop_class, sop))
-            else:
-                log.error("storage commitment: %s does not match its SHA-256", sop)
-                verdict.failed.append((sop_class, sop, PROCESSING_FAILURE))
-        return verdict
 
-    def deliver(self, c: Commitment, verdict: Verdict) -> None:
-        settings = self.archive.settings
-        peer = settings.peer(c.calling_ae)
-        error = ""
-        if peer is None:
-            error = f"{c.calling_ae!r} is not in the peer table: no address to report to"
-        else:
-            error = _send(
-                settings.ae_title,
-                peer.ae,
-                peer.host,
-                peer.port,
-                verdict.report(c.transaction_uid, settings.ae_title),
-                event_type=2 if verdict.failed else 1,
-            )
-        with self.archive.sessions() as session, session.begin():
-            row = session.get(Commitment, c.id)
-            if row is None:
-                return
-            if error:
-                row.detail = error
-                self._next_try[c.id] = time.time() + min(2.0**row.attempts, 300.0)
-                log.warning(
-                    "storage commitment %s: report not delivered: %s", c.transaction_uid, error
-                )
-                return
-            summary = f"{len(verdict.committed)} committed, {len(verdict.failed)} failed"
+@jobs.handler(REPORT)
+def report(ctx: jobs.JobContext) -> dict[str, Any]:
+    """Judge the request, wait (deferred) while instances are on their way, then deliver the
+    N-EVENT-REPORT, retried with back-off while the requester cannot be reached."""
+    archive = ctx.archive
+    with archive.sessions() as session:
+        c = session.get(Commitment, int(ctx.params["commitment"]))
+    if c is None:
+        raise ValueError(f"storage commitment {ctx.params['commitment']} is no longer recorded")
+    if c.status != "pending":
+        return {"transaction_uid": c.transaction_uid, "requester": c.calling_ae, "detail": c.detail}
+    verdict = judge(archive, c, wait=archive.settings.commitment_wait)
+    done = len(verdict.committed) + len(verdict.failed)
+    total = done + verdict.waiting
+    if verdict.waiting:
+        ctx.progress(done=done, total=total, message=f"waiting for {verdict.waiting} instances")
+        raise jobs.Deferred(1.0, f"waiting for {verdict.waiting} of {total} instances")
+    deliveries = int(ctx.checkpoint.get("deliveries", 0)) + 1
+    error = deliver(archive, c, verdict)
+    summary = f"{len(verdict.committed)} committed, {len(verdict.failed)} failed"
+    with archive.sessions() as session, session.begin():
+        ctx.progress(session, done=done, total=total, checkpoint={"deliveries": deliveries})
+        row = session.get(Commitment, c.id)
+        assert row is not None
+        row.attempts = deliveries
+        row.detail = error or summary
+        if not error:
             row.status = "reported"
             row.reported_at = dt.datetime.now(dt.UTC)
-            row.detail = summary
-        self._next_try.pop(c.id, None)
-        log.info(
-            "storage commitment %s reported to %s: %s", c.transaction_uid, c.calling_ae, summary
-        )
+    if error:
+        log.warning("storage commitment %s: report not delivered: %s", c.transaction_uid, error)
+        raise jobs.Deferred(min(2.0**deliveries, 300.0), f"not delivered: {error}")
+    log.info("storage commitment %s reported to %s: %s", c.transaction_uid, c.calling_ae, summary)
+    return {
+        "transaction_uid": c.transaction_uid,
+        "requester": c.calling_ae,
+        "committed": len(verdict.committed),
+        "failed": len(verdict.failed),
+    }
+
+
+def judge(archive: Archive, c: Commitment, *, wait: float) -> Verdict:
+    """Every named instance committed, failed with a reason, or (younger than `wait`) waited for."""
+    items = [tuple(i) for i in json.loads(c.items)]
+    age = (dt.datetime.now(dt.UTC) - _aware(c.received_at)).total_seconds()
+    verdict = Verdict()
+    with archive.sessions() as session:
+        found = {
+            i.sop_uid: i
+            for i in session.scalars(
+                select(Instance).where(Instance.sop_uid.in_([sop for _, sop in items]))
+            )
+        }
+    for sop_class, sop in items:
+        inst = found.get(sop)
+        if inst is None:
+            if age < wait:
+                verdict.waiting += 1
+            else:
+                verdict.failed.append((sop_class, sop, NO_SUCH_OBJECT))
+            continue
+        if inst.sop_class_uid != sop_class:
+            verdict.failed.append((sop_class, sop, CLASS_INSTANCE_CONFLICT))
+            continue
+        try:
+            intact = sha256_of(archive.far.get(inst.object_key)) == inst.sha256
+        except ObjectNotFound:
+            intact = False
+        except ObjectStoreError:
+            verdict.waiting += 1  # the archive is down: ask again later, do not fail
+            continue
+        if intact:
+            verdict.committed.append((sop_class, sop))
+        else:
+            log.error("storage commitment: %s does not match its SHA-256", sop)
+            verdict.failed.append((sop_class, sop, PROCESSING_FAILURE))
+    return verdict
+
+
+def deliver(archive: Archive, c: Commitment, verdict: Verdict) -> str:
+    """Send the report to the requester's address in the peer table; '' when delivered."""
+    settings = archive.settings
+    peer = settings.peer(c.calling_ae)
+    if peer is None:
+        return f"{c.calling_ae!r} is not in the peer table: no address to report to"
+    return _send(
+        settings.ae_title,
+        peer.ae,
+        peer.host,
+        peer.port,
+        verdict.report(c.transaction_uid, settings.ae_title),
+        event_type=2 if verdict.failed else 1,
+    )
 
 
 def _aware(t: dt.datetime) -> dt.datetime:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+import broker.commitment  # registers the storage commitment report job kind)
 import broker.migrate  # noqa: F401  (registers the migration job kind)
 import storage.prefetch  # registers the prefetch and evict job kinds
 import storage.research.export_job  # noqa: F401  (registers the research.export job kind)
@@ -65,9 +66,13 @@ class JobRunner:
         lease: float,
         poll: float = 1.0,
         plan: Sequence[Schedule] = (),
+        reserved: Sequence[str] = (),
     ) -> None:
         self.archive = archive
         self.workers = max(1, workers)
+        # one extra worker per kind here runs only that kind, so it never waits behind hours of
+        # migration or export (storage commitment: a modality waits to delete its copies)
+        self.reserved = list(reserved)
         self.lease = lease
         self.poll = poll
         self.plan = list(plan)
@@ -78,16 +83,24 @@ class JobRunner:
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        for n in range(self.workers):
-            owner = f"{self.name}/{n}"
+        kinds = sorted(jobs.handlers())
+        lanes = [(f"job-{n}", kinds) for n in range(self.workers)]
+        lanes += [(f"job-{kind}", [kind]) for kind in self.reserved]
+        for name, lane in lanes:
+            owner = f"{self.name}/{name}"
             self._threads.append(
-                threading.Thread(target=self._work, args=(owner,), name=f"job-{n}", daemon=True)
+                threading.Thread(target=self._work, args=(owner, lane), name=name, daemon=True)
             )
         self._threads.append(threading.Thread(target=self._tend, name="job-tend", daemon=True))
         for t in self._threads:
             t.start()
-        kinds = sorted(jobs.handlers())
-        log.info("job runner %s: %d workers for %s", self.name, self.workers, kinds)
+        log.info(
+            "job runner %s: %d workers for %s, one more each for %s",
+            self.name,
+            self.workers,
+            kinds,
+            self.reserved,
+        )
 
     def stop(self, timeout: float = 15.0) -> None:
         """Running jobs stop at their next step and go back to the queue."""
@@ -96,8 +109,7 @@ class JobRunner:
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
 
-    def _work(self, owner: str) -> None:
-        kinds = list(jobs.handlers())
+    def _work(self, owner: str, kinds: list[str]) -> None:
         while not self._stop.is_set():
             try:
                 job = jobs.claim(self.archive.sessions, owner, kinds, self.lease)
@@ -117,6 +129,9 @@ class JobRunner:
         sessions = self.archive.sessions
         try:
             result = jobs.handlers()[job.kind](ctx)
+        except jobs.Deferred as d:
+            if jobs.defer(sessions, job.id, owner, d.seconds, d.message):
+                log.debug("job %d deferred %.0f s: %s", job.id, d.seconds, d.message)
         except jobs.JobStopped as e:
             if self._stop.is_set():
                 jobs.release(sessions, job.id, owner)

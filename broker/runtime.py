@@ -11,7 +11,8 @@ from typing import Any
 
 import uvicorn
 
-from broker.commitment import CommitmentReporter
+from broker.commitment import queue_unreported
+from broker.dimse.commitment import REPORT
 from broker.dimse.server import receiver_main
 from broker.hotfolder import HotFolders
 from broker.ingest import IngestWorker
@@ -58,12 +59,12 @@ class Runtime:
             app=settings.ae_title,
             uid_root=settings.uid_root,
         )
-        self.commitments = CommitmentReporter(self.archive, wait=settings.commitment_wait)
         self.jobs = JobRunner(
             self.archive,
             workers=settings.job_workers,
             lease=settings.job_lease,
             plan=schedules(settings),
+            reserved=[REPORT],
         )
         self.hl7: MllpListener | None = None
         self.hotfolders: HotFolders | None = None
@@ -89,7 +90,6 @@ class Runtime:
         self._forwarder = threading.Thread(target=self._forward, name="spool-notify", daemon=True)
         self._forwarder.start()
         threading.Thread(target=self.ingest.run, name="ingest", daemon=True).start()
-        threading.Thread(target=self.commitments.run, name="commitment", daemon=True).start()
         payload = self.settings.model_dump_json()
         for i in range(self.settings.receiver_count()):
             ready = self.ctx.Event()
@@ -155,12 +155,14 @@ class Runtime:
         }
 
     def start_jobs(self) -> None:
-        """Durable jobs (retention sweeps, fixity checks, …) and their schedules."""
+        """Durable jobs (retention sweeps, fixity checks, commitment reports, …) and schedules."""
+        queued = queue_unreported(self.archive)
+        if queued:
+            log.info("storage commitment: queued reports for %d pending requests", queued)
         self.jobs.start()
 
     def stop(self) -> None:
         self._stopping.set()
-        self.commitments.stop()
         self.jobs.stop()
         if self.hotfolders is not None:
             self.hotfolders.stop()

@@ -38,6 +38,16 @@ class JobStopped(Exception):
     """The job is no longer this process's to run: cancelled, lease lost, or shutting down."""
 
 
+class Deferred(Exception):
+    """Raised by a handler that must wait (for data, for a peer): the job goes back to the
+    queue, keeping its checkpoint, and is not claimed again for `seconds`."""
+
+    def __init__(self, seconds: float, message: str) -> None:
+        super().__init__(message)
+        self.seconds = seconds
+        self.message = message
+
+
 Handler = Callable[["JobContext"], dict[str, Any] | None]
 _HANDLERS: dict[str, Handler] = {}
 
@@ -145,6 +155,7 @@ def as_dict(job: Job) -> dict[str, Any]:
         "attempts": job.attempts,
         "lease_owner": job.lease_owner,
         "lease_until": iso(job.lease_until),
+        "run_after": iso(job.run_after),
         "created_by": job.created_by,
         "created_at": iso(job.created_at),
         "started_at": iso(job.started_at),
@@ -185,6 +196,7 @@ def retry(session: Session, job_id: int, *, by: str) -> Job:
             attempts=0,
             lease_owner="",
             lease_until=None,
+            run_after=None,
             finished_at=None,
         ),
     )
@@ -199,10 +211,14 @@ def retry(session: Session, job_id: int, *, by: str) -> Job:
 
 
 def _claimable(now: dt.datetime) -> ColumnElement[bool]:
-    """Queued, or running under a lease nobody renewed (its process died)."""
+    """Queued (and not deferred past now), or running under a lease nobody renewed (its
+    process died)."""
     return and_(
         or_(
-            Job.state == JobState.QUEUED,
+            and_(
+                Job.state == JobState.QUEUED,
+                or_(Job.run_after.is_(None), Job.run_after <= now),
+            ),
             and_(Job.state == JobState.RUNNING, Job.lease_until < now),
         ),
         Job.attempts < MAX_ATTEMPTS,
@@ -308,6 +324,27 @@ def finish(
         values["message"] = message
     if result is not None:
         values["result"] = json.dumps(result)
+    try:
+        with sessions() as session, session.begin():
+            fenced(session, job_id, owner, 0, **values)
+    except JobStopped:
+        return False
+    return True
+
+
+def defer(
+    sessions: sessionmaker[Session], job_id: int, owner: str, seconds: float, message: str
+) -> bool:
+    """Queue our running job again, not to be claimed for `seconds`; waiting is not a failed
+    attempt. False if the job was no longer ours."""
+    values: dict[str, Any] = {
+        "state": JobState.QUEUED,
+        "lease_owner": "",
+        "lease_until": None,
+        "run_after": utcnow() + dt.timedelta(seconds=seconds),
+        "message": message,
+        "attempts": Job.attempts - 1,
+    }
     try:
         with sessions() as session, session.begin():
             fenced(session, job_id, owner, 0, **values)

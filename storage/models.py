@@ -263,6 +263,7 @@ class Commitment(Base):
     detail: Mapped[str] = mapped_column(Text, default="")
     received_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     reported_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    job_fk: Mapped[int | None] = mapped_column(Integer, default=None)  # the job that reports it
 
 
 class OrderStatus(StrEnum):
@@ -402,6 +403,8 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     lease_owner: Mapped[str] = mapped_column(String(128), default="")
     lease_until: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    # a queued job that deferred itself (waiting for something) is not claimed before this
+    run_after: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     # one job per key ever (e.g. one scheduled sweep per interval, whichever process enqueues it)
     dedupe_key: Mapped[str | None] = mapped_column(String(128), unique=True, default=None)
     created_by: Mapped[str] = mapped_column(String(128), default="")

@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from pydicom import dcmread
+from sqlalchemy import select
 
-from broker.commitment import CommitmentReporter
+import broker.commitment
+from broker.dimse.commitment import REPORT, record
+from broker.jobs import JobRunner
+from storage import jobs
 from storage.archive import Archive
-from storage.models import Commitment
+from storage.models import Commitment, Job
 from storage.settings import Settings
 from tests.conftest import SAMPLES, Broker
 from tests.orthanc import Orthanc
 from tests.test_dimse import wait_instances
+from tests.test_jobs import wait_state
 
 CT = sorted((SAMPLES / "kari-ct").glob("ct-s1-*.dcm"))
 
@@ -90,15 +97,71 @@ def test_pending_commitment_survives_a_broker_crash(broker_factory, tmp_path: Pa
         orthanc.stop()
 
 
-def test_two_broker_processes_never_both_report(tmp_path: Path, db_url: str) -> None:
-    """Reporters sharing one index: each attempt of a pending report is claimed by one."""
-    archive = Archive(Settings(data_dir=tmp_path, database_url=db_url), run_migrations=True)
+@pytest.fixture
+def archive(tmp_path: Path, db_url: str) -> Iterator[Archive]:
+    peers = [{"ae": "MOD", "host": "127.0.0.1", "port": 1}]
+    a = Archive(
+        Settings(data_dir=tmp_path, database_url=db_url, peers=peers, commitment_wait=0),
+        run_migrations=True,
+    )
+    yield a
+    a.close()
+
+
+def request(archive: Archive, transaction: str) -> bool:
     with archive.sessions() as session, session.begin():
-        session.add(Commitment(transaction_uid="1.2.3", calling_ae="MOD", items="[]"))
+        return record(session, transaction, "MOD", "127.0.0.1", [])
+
+
+def report_job(archive: Archive, transaction: str) -> Job:
     with archive.sessions() as session:
-        row = session.query(Commitment).one()
-    first, second = (CommitmentReporter(archive, wait=0) for _ in range(2))
-    assert first._claim(row) and not second._claim(row)
-    with archive.sessions() as session:
-        assert session.query(Commitment).one().attempts == 1
-    archive.close()
+        c = session.scalar(select(Commitment).where(Commitment.transaction_uid == transaction))
+        assert c is not None and c.job_fk is not None
+        return jobs.get(session, c.job_fk)
+
+
+def test_two_broker_processes_never_both_report(archive: Archive, monkeypatch) -> None:
+    """Runners sharing one index (two broker processes): each report is sent once."""
+    sent: list[str] = []
+    monkeypatch.setattr(
+        broker.commitment, "_send", lambda *a, **kw: sent.append(a[4].TransactionUID) or ""
+    )
+    runners = [
+        JobRunner(archive, workers=1, lease=30, poll=0.02, reserved=[REPORT]) for _ in range(2)
+    ]
+    for r in runners:
+        r.start()
+    try:
+        for i in range(10):
+            assert request(archive, f"1.2.3.{i}")
+        for i in range(10):
+            job_id = report_job(archive, f"1.2.3.{i}").id
+            assert wait_state(archive, job_id, "succeeded").result == json.dumps(
+                {"transaction_uid": f"1.2.3.{i}", "requester": "MOD", "committed": 0, "failed": 0}
+            )
+    finally:
+        for r in runners:
+            r.stop()
+    assert sorted(sent) == sorted(f"1.2.3.{i}" for i in range(10))
+
+
+def test_an_unreachable_requester_is_retried_and_can_be_cancelled(archive: Archive) -> None:
+    """Port 1 does not answer: the report job waits with the reason, an admin may cancel it,
+    and a repeat of a reported transaction gets a report of its own."""
+    assert request(archive, "1.9")
+    assert not request(archive, "1.9")  # repeated while pending: one report
+    runner = JobRunner(archive, workers=1, lease=30, poll=0.02)
+    job = report_job(archive, "1.9")
+    claimed = jobs.claim(archive.sessions, "me", [REPORT], 30)
+    assert claimed is not None and claimed.id == job.id
+    runner._run(claimed, "me")
+    job = report_job(archive, "1.9")
+    assert job.state == "queued" and job.run_after is not None
+    assert job.message.startswith("not delivered: association to MOD@127.0.0.1:1")
+    with archive.sessions() as session, session.begin():
+        assert jobs.cancel(session, job.id, by="rita").state == "cancelled"
+        c = session.scalar(select(Commitment))
+        assert c is not None and c.status == "pending" and c.attempts == 1
+        c.status = "reported"
+    assert request(archive, "1.9")
+    assert report_job(archive, "1.9").id != job.id

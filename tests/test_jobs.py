@@ -241,3 +241,43 @@ def test_scheduled_jobs_are_queued_once_per_interval(archive: Archive) -> None:
     first._schedule()
     with archive.sessions() as s:
         assert s.scalar(select(func.count(Job.id)).where(Job.kind == "test-steps")) == 1
+
+
+@jobs.handler("test-waits")
+def waits(ctx: jobs.JobContext) -> dict[str, Any]:
+    """Waits (deferred) until it has been run `rounds` times."""
+    seen = int(ctx.checkpoint.get("seen", 0)) + 1
+    ctx.progress(checkpoint={"seen": seen})
+    if seen < int(ctx.params["rounds"]):
+        raise jobs.Deferred(float(ctx.params["pause"]), f"waiting, round {seen}")
+    return {"rounds": seen}
+
+
+def test_a_deferred_job_waits_its_time_without_using_an_attempt(archive: Archive) -> None:
+    job_id = queue(archive, "test-waits", rounds=2, pause=60)
+    runner = JobRunner(archive, workers=1, lease=LEASE, poll=0.05)
+    owner = f"{runner.name}/w"
+    job = jobs.claim(archive.sessions, owner, ["test-waits"], LEASE)
+    assert job is not None
+    runner._run(job, owner)
+    j = row(archive, job_id)
+    assert (j.state, j.message, j.attempts, j.lease_owner) == ("queued", "waiting, round 1", 0, "")
+    assert jobs.claim(archive.sessions, owner, ["test-waits"], LEASE) is None  # not before its time
+    later = jobs.utcnow() + dt.timedelta(seconds=61)
+    job = jobs.claim(archive.sessions, owner, ["test-waits"], LEASE, now=later)
+    assert job is not None and job.id == job_id
+    runner._run(job, owner)
+    assert row(archive, job_id).result == '{"rounds": 2}'
+
+
+def test_a_reserved_worker_runs_its_kind_while_the_others_are_busy(archive: Archive) -> None:
+    runner = JobRunner(archive, workers=1, lease=LEASE, poll=0.05, reserved=["test-waits"])
+    runner.start()
+    try:
+        busy = queue(archive, steps=1000, pause=0.05)
+        wait_state(archive, busy, "running")
+        urgent = queue(archive, "test-waits", rounds=1, pause=0)
+        assert wait_state(archive, urgent, "succeeded").result == '{"rounds": 1}'
+        assert row(archive, busy).state == JobState.RUNNING
+    finally:
+        runner.stop()

@@ -1,8 +1,8 @@
 """Storage Commitment Push Model, SCP side of the request: N-ACTION is recorded, then answered.
 
-The report (N-EVENT-REPORT) comes later from the main process (broker/commitment.py), once every
-named instance is archived with a verified SHA-256 or known to be missing; the request is in the
-index first, so a restart in between loses nothing.
+The report (N-EVENT-REPORT) comes later from a durable job (broker/commitment.py), once every
+named instance is archived with a verified SHA-256 or known to be missing; the request and its
+job are in the index first, so a restart in between loses nothing.
 """
 
 from __future__ import annotations
@@ -13,10 +13,13 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom.events import Event
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from broker.dimse.access import AccessPolicy, Action
 from broker.dimse.contexts import STORAGE_COMMITMENT
+from storage import jobs
 from storage.archive import Archive
 from storage.models import Commitment
 
@@ -30,6 +33,42 @@ NO_SUCH_ACTION = 0x0123
 MISSING_ATTRIBUTE = 0x0120
 NO_SUCH_SOP_CLASS = 0x0118
 PROCESSING_FAILURE = 0x0110
+
+REPORT = "commitment"  # the job kind that sends the N-EVENT-REPORT
+
+
+def queue_report(session: Session, row: Commitment) -> None:
+    """Queue the job that reports `row` (the caller commits both together)."""
+    job = jobs.enqueue(
+        session,
+        REPORT,
+        {"commitment": row.id, "transaction_uid": row.transaction_uid, "requester": row.calling_ae},
+        created_by=f"dicom:{row.calling_ae}",
+    )
+    assert job is not None  # no dedupe key: always queued
+    row.job_fk = job.id
+
+
+def record(
+    session: Session, transaction: str, calling: str, address: str, items: list[list[str]]
+) -> bool:
+    """Record a request and queue its report; False if the same transaction is still pending.
+
+    A requester that repeats a transaction already reported (it may have missed the report)
+    gets a fresh verdict and report.
+    """
+    row = session.scalar(select(Commitment).where(Commitment.transaction_uid == transaction))
+    if row is not None and row.status == "pending":
+        return False
+    if row is None:
+        row = Commitment(transaction_uid=transaction, calling_ae=calling, address=address)
+        session.add(row)
+    row.items = json.dumps(items)
+    row.status, row.attempts, row.detail, row.reported_at = "pending", 0, "", None
+    row.received_at = jobs.utcnow()
+    session.flush()
+    queue_report(session, row)
+    return True
 
 
 class CommitmentRequestHandler:
@@ -61,22 +100,17 @@ class CommitmentRequestHandler:
             return MISSING_ATTRIBUTE, None
         try:
             with self.archive.sessions() as session, session.begin():
-                session.add(
-                    Commitment(
-                        transaction_uid=transaction[:64],
-                        calling_ae=calling[:16],
-                        address=address[:128],
-                        items=json.dumps(items),
-                    )
-                )
-        except IntegrityError:
+                fresh = record(session, transaction[:64], calling[:16], address[:128], items)
+        except IntegrityError:  # the same transaction recorded at this moment by another receiver
+            fresh = False
+        except Exception:
+            log.exception("storage commitment %s from %s not recorded", transaction, calling)
+            return PROCESSING_FAILURE, None
+        if not fresh:
             log.info(
                 "storage commitment %s from %s repeated; already pending", transaction, calling
             )
             return 0x0000, None
-        except Exception:
-            log.exception("storage commitment %s from %s not recorded", transaction, calling)
-            return PROCESSING_FAILURE, None
         log.info(
             "storage commitment %s from %s: %d instances pending", transaction, calling, len(items)
         )
