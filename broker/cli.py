@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from broker import jobs_cli, migrate_cli, tiers_cli
+from broker import admin_cli, jobs_cli, migrate_cli, tiers_cli
 from broker.cli_common import actor as _actor
 from broker.cli_common import console, progress, refused
 from broker.cli_common import display_host as _display_host
@@ -282,6 +282,7 @@ app.add_typer(research_app, name="research")  # broker/research_cli.py
 jobs_cli.register(app)
 tiers_cli.register(app)
 migrate_cli.register(app)
+admin_cli.register(app)
 
 
 def main() -> None:

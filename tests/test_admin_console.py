@@ -6,8 +6,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,10 +20,10 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.conftest import SAMPLES, Broker
+from tests.conftest import PACSBROKER, SAMPLES, Broker, free_port
 from tests.dcmtk import storescu
 from tests.test_browser import browser  # noqa: F401  (the headless Chromium fixture)
-from tests.test_dimse import wait_instances
+from tests.test_dimse import storescp, wait_instances
 from viewer.auth import issue_token, signing_key
 
 BAD_NATIONAL_ID = "12345678901"  # 11 digits, wrong check digits: quarantined on arrival
@@ -89,6 +91,43 @@ def test_peers_show_the_configuration_without_secrets(broker: Broker) -> None:
         "retrieve": False,
     }
     assert SECRET not in json.dumps(p)
+
+
+def test_peers_cli_echoes_each_peer(broker: Broker, tmp_path: Path) -> None:
+    scp_port, closed = free_port(), free_port()
+    peers = [{"ae": "STORESCP", "port": scp_port}, {"ae": "GONE", "port": closed, "store": False}]
+    env = {**broker.env, "PACSBROKER_PEERS": json.dumps(peers)}
+    scp = storescp(scp_port, tmp_path)
+    try:
+        run = subprocess.run(
+            [str(PACSBROKER), "peers", "--echo", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        scp.terminate()
+        scp.wait(10)
+    assert run.returncode == 1  # one peer does not answer
+    shown = {p["ae"]: p for p in json.loads(run.stdout)["peers"]}
+    assert shown["STORESCP"]["echo"].startswith("ok (")
+    assert shown["GONE"]["echo"].startswith("no answer at 127.0.0.1") and not shown["GONE"]["store"]
+    listing = broker.cli("peers")
+    assert listing.returncode == 0 and "unknown AE titles refused" in listing.stdout
+    assert "WARD-WS          10.1.2.3:4242   may query" in listing.stdout
+
+
+def test_audit_cli_filters_and_is_audited(broker: Broker) -> None:
+    tomorrow = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).date().isoformat()
+    r = broker.cli("audit", "--since", tomorrow)
+    assert r.returncode == 0 and "no audit events match" in r.stderr
+    r = broker.cli("audit", "--since", "last tuesday")
+    assert r.returncode == 2 and "not an ISO 8601 date" in r.stderr
+    r = broker.cli("audit", "--user", "cli:*", "--action", "audit-read", "--json")
+    events = json.loads(r.stdout)["events"]
+    assert r.returncode == 0 and events[0]["detail"] == f"since={tomorrow}"
+    assert events[0]["role"] == "radiology-admin" and events[0]["source"].startswith("cli@")
 
 
 def test_audit_log_filters_and_its_own_reading_is_audited(broker: Broker) -> None:

@@ -3,18 +3,13 @@ configured, and the audit log, whose reading is itself audited."""
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, Field
-from sqlalchemy import ColumnElement, Select, select
-from sqlalchemy.orm import InstrumentedAttribute
 
-from storage import audit
+from storage import audit_log
 from storage.archive import Archive
-from storage.jobs import iso
-from storage.models import AuditEvent
 from viewer.admin import admin
 from viewer.auth import Caller
 
@@ -64,56 +59,6 @@ class AuditPage(BaseModel):
     more: bool = Field(description="Older events follow this page")
 
 
-def _match(column: InstrumentedAttribute[str], value: str) -> ColumnElement[bool]:
-    """Exact match, or a prefix match when the value ends with '*' (e.g. `dicom.*`)."""
-    if value.endswith("*"):
-        prefix = value[:-1].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        return column.like(prefix + "%", escape="\\")
-    return column == value
-
-
-def _since(text: str) -> dt.datetime:
-    """An ISO date or date-time; without a zone it is UTC, like the stored times."""
-    try:
-        t = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise HTTPException(422, f"since={text!r} is not an ISO 8601 date or date-time") from None
-    return t.astimezone(dt.UTC) if t.tzinfo else t.replace(tzinfo=dt.UTC)
-
-
-def _query(
-    patient_id: str, actor: str, action: str, since: str, before_id: int | None
-) -> Select[AuditEvent]:
-    # Newest first is the order of recording: ids grow with `at`, and unlike `at` they are unique.
-    q = select(AuditEvent).order_by(AuditEvent.id.desc())
-    if before_id is not None:
-        q = q.where(AuditEvent.id < before_id)
-    if patient_id:
-        q = q.where(_match(AuditEvent.patient_id, patient_id))
-    if actor:
-        q = q.where(_match(AuditEvent.actor, actor))
-    if action:
-        q = q.where(_match(AuditEvent.action, action))
-    if since:
-        q = q.where(AuditEvent.at >= _since(since))
-    return q
-
-
-def _event(e: AuditEvent) -> AuditOut:
-    return AuditOut(
-        id=e.id,
-        at=iso(e.at),
-        actor=e.actor,
-        role=e.role,
-        source=e.source,
-        action=e.action,
-        patient_id=e.patient_id,
-        study_uid=e.study_uid,
-        outcome=e.outcome,
-        detail=e.detail,
-    )
-
-
 def router(archive: Archive) -> APIRouter:
     r = APIRouter(prefix="/api/v1/admin", tags=["admin"])
     settings = archive.settings
@@ -130,7 +75,7 @@ def router(archive: Archive) -> APIRouter:
         )
 
     @r.get("/audit")
-    def audit_log(
+    def audit_events(
         who: Admin,
         patient_id: str = "",
         actor: str = "",
@@ -144,23 +89,22 @@ def router(archive: Archive) -> APIRouter:
     ) -> AuditPage:
         """Audit events, newest first; `*` at the end of a filter matches a prefix. Paging by
         `before_id` is stable while the log grows (each read of it adds an event)."""
-        query = _query(patient_id, actor, action, since, before_id)
-        filters = {"patient_id": patient_id, "actor": actor, "action": action, "since": since}
-        detail = " ".join(f"{k}={v}" for k, v in filters.items() if v)
-        with archive.sessions() as session, session.begin():
-            rows = session.scalars(query.offset(offset).limit(limit + 1)).all()
-            # Who looked at whose audit trail is recorded in the same transaction, before the
-            # answer leaves: a reader of the log cannot escape it.
-            audit.record(
-                session,
-                actor=who.user,
-                role=who.role,
-                source=who.address,
-                action="audit-read",
-                patients=[(patient_id, "")] if patient_id and "*" not in patient_id else [],
-                detail=detail or "all events",
-            )
-            events = [_event(e) for e in rows[:limit]]
-        return AuditPage(events=events, limit=limit, offset=offset, more=len(rows) > limit)
+        filters = audit_log.Filters(patient_id, actor, action, since)
+        try:
+            with archive.sessions() as session, session.begin():
+                rows, more = audit_log.read(
+                    session,
+                    filters,
+                    reader=who.user,
+                    role=who.role,
+                    source=who.address,
+                    limit=limit,
+                    offset=offset,
+                    before_id=before_id,
+                )
+                events = [AuditOut(**audit_log.as_dict(e)) for e in rows]
+        except ValueError as e:
+            raise HTTPException(422, str(e)) from None
+        return AuditPage(events=events, limit=limit, offset=offset, more=more)
 
     return r
