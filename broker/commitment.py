@@ -6,7 +6,8 @@ survives restarts, is listed with its progress, can be cancelled and retried, an
 broker processes sharing the index from both sending it. While instances are on their way or the
 requester cannot be reached, the job defers itself instead of holding a worker, and every runner
 keeps one worker for these jobs alone, so a long migration never delays a modality waiting to
-delete its copies. Reports go on a new association to the requester's address in the peer table.
+delete its copies. A requester that keeps its association open gets the report on it;
+otherwise it goes on a new association to the requester's address in the peer table.
 """
 
 from __future__ import annotations
@@ -14,11 +15,17 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role
+from pynetdicom.association import Association
 from sqlalchemy import select
 
 from broker.dimse.commitment import (
@@ -31,7 +38,7 @@ from broker.dimse.commitment import (
 from broker.dimse.contexts import STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE
 from storage import jobs
 from storage.archive import Archive, sha256_of
-from storage.models import Commitment, Instance
+from storage.models import Commitment, Instance, JobState
 from storage.objects import ObjectNotFound, ObjectStoreError
 
 log = logging.getLogger("pacsbroker.commitment")
@@ -81,8 +88,16 @@ def queue_unreported(archive: Archive) -> int:
     return len(rows)
 
 
+Send = Callable[[Commitment, Verdict], str]  # deliver a report: '' when delivered, else why not
+
+
 @jobs.handler(REPORT)
 def report(ctx: jobs.JobContext) -> dict[str, Any]:
+    """Report on a new association to the requester's address in the peer table."""
+    return _report(ctx, lambda c, verdict: deliver(ctx.archive, c, verdict))
+
+
+def _report(ctx: jobs.JobContext, send: Send) -> dict[str, Any]:
     """Judge the request, wait (deferred) while instances are on their way, then deliver the
     N-EVENT-REPORT, retried with back-off while the requester cannot be reached."""
     archive = ctx.archive
@@ -99,7 +114,7 @@ def report(ctx: jobs.JobContext) -> dict[str, Any]:
         ctx.progress(done=done, total=total, message=f"waiting for {verdict.waiting} instances")
         raise jobs.Deferred(1.0, f"waiting for {verdict.waiting} of {total} instances")
     deliveries = int(ctx.checkpoint.get("deliveries", 0)) + 1
-    error = deliver(archive, c, verdict)
+    error = send(c, verdict)
     summary = f"{len(verdict.committed)} committed, {len(verdict.failed)} failed"
     with archive.sessions() as session, session.begin():
         ctx.progress(session, done=done, total=total, checkpoint={"deliveries": deliveries})
@@ -172,17 +187,68 @@ def deliver(archive: Archive, c: Commitment, verdict: Verdict) -> str:
         peer.host,
         peer.port,
         verdict.report(c.transaction_uid, settings.ae_title),
-        event_type=2 if verdict.failed else 1,
     )
+
+
+def report_on_association(
+    archive: Archive, assoc: Association, job_id: int, *, settle: float = 0.2
+) -> None:
+    """Report on the requester's own association while it keeps it open (PS3.4 J.3.3 allows
+    both); otherwise hand the job to the runners, which open a new association.
+
+    Waits `settle` first: a requester that releases right after the N-ACTION reply has done so
+    by then, and is not sent a request it would never answer.
+    """
+    time.sleep(settle)
+    if not _open(assoc):
+        return  # the job runner reports on a new association
+    owner = f"{socket.gethostname()}:{os.getpid()}:association"
+    lease = archive.settings.job_lease
+    with archive.sessions() as session, session.begin():
+        if not jobs.try_claim(session, job_id, owner, lease):
+            return  # a runner has it already
+        job = jobs.get(session, job_id)
+        ctx = jobs.JobContext.of(job, archive, owner, lease, threading.Event())
+    # instances still being ingested are waited for while the requester waits, within reason
+    deadline = time.monotonic() + min(archive.settings.commitment_wait + 1, lease / 3)
+    tried = False
+
+    def send(c: Commitment, verdict: Verdict) -> str:
+        nonlocal tried
+        tried = True
+        if not _open(assoc):
+            return "the requester released its association"
+        return _event_report(assoc, verdict.report(c.transaction_uid, archive.settings.ae_title))
+
+    while True:
+        try:
+            result = _report(ctx, send)
+        except jobs.Deferred as d:
+            if not tried and _open(assoc) and time.monotonic() < deadline:
+                time.sleep(0.25)
+                continue
+            why = f"{d.message}; to be reported on a new association"
+            jobs.defer(archive.sessions, job_id, owner, 0, why)
+        except jobs.JobStopped:
+            pass  # cancelled meanwhile
+        except Exception as e:
+            log.exception("storage commitment job %d on the requester's association", job_id)
+            jobs.defer(archive.sessions, job_id, owner, 0, f"{type(e).__name__}: {e}")
+        else:
+            result["association"] = "the requester's"
+            jobs.finish(archive.sessions, job_id, owner, JobState.SUCCEEDED, result=result)
+        return
+
+
+def _open(assoc: Association) -> bool:
+    return bool(assoc.is_established) and not assoc.acse.is_release_requested()
 
 
 def _aware(t: dt.datetime) -> dt.datetime:
     return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
-def _send(
-    our_ae: str, their_ae: str, host: str, port: int, report: Dataset, *, event_type: int
-) -> str:
+def _send(our_ae: str, their_ae: str, host: str, port: int, report: Dataset) -> str:
     """One N-EVENT-REPORT on a new association in which we take the SCP role; '' if delivered."""
     ae = AE(our_ae)
     ae.add_requested_context(STORAGE_COMMITMENT)
@@ -192,10 +258,17 @@ def _send(
     if not assoc.is_established:
         return f"association to {their_ae}@{host}:{port} not established"
     try:
-        status, _ = assoc.send_n_event_report(
-            report, event_type, STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE
-        )
+        return _event_report(assoc, report)
     finally:
         assoc.release()
+
+
+def _event_report(assoc: Association, report: Dataset) -> str:
+    """Send the report: event type 2 when anything failed; '' if the requester took it."""
+    event_type = 2 if "FailedSOPSequence" in report else 1
+    status, _ = assoc.send_n_event_report(
+        report, event_type, STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE
+    )
     code = int(getattr(status, "Status", -1))
+    their_ae = assoc.acceptor.ae_title if assoc.is_requestor else assoc.requestor.ae_title
     return "" if code == 0x0000 else f"{their_ae} answered status 0x{code & 0xFFFF:04X}"

@@ -10,16 +10,21 @@ from typing import Any
 
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+from pynetdicom import AE, evt
 from sqlalchemy import select
 
 import broker.commitment
 from broker.dimse.commitment import REPORT, record
+from broker.dimse.contexts import STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE
 from broker.jobs import JobRunner
 from storage import jobs
 from storage.archive import Archive
 from storage.models import Commitment, Job
 from storage.settings import Settings
 from tests.conftest import SAMPLES, Broker
+from tests.dcmtk import storescu
 from tests.orthanc import Orthanc
 from tests.test_dimse import wait_instances
 from tests.test_jobs import wait_state
@@ -165,3 +170,63 @@ def test_an_unreachable_requester_is_retried_and_can_be_cancelled(archive: Archi
         c.status = "reported"
     assert request(archive, "1.9")
     assert report_job(archive, "1.9").id != job.id
+
+
+def test_a_requester_that_keeps_its_association_gets_the_report_on_it(
+    broker_factory, tmp_path: Path
+) -> None:
+    """pynetdicom as a modality that waits on its association (it has no port of its own to
+    report to: port 1), committing right after its C-STOREs while they are still ingested."""
+    peers = [{"ae": "STORESCU"}, {"ae": "MODALITY", "port": 1}]
+    b = broker_factory(
+        {"PACSBROKER_PEERS": json.dumps(peers), "PACSBROKER_COMMITMENT_WAIT": "3"}
+    ).start()
+    assert storescu(b.dicom_port, CT).returncode == 0
+    reports: list[tuple[int, Dataset]] = []
+
+    def on_report(event: Any) -> tuple[int, None]:
+        reports.append((event.event_type, event.event_information))
+        return 0x0000, None
+
+    ae = AE("MODALITY")
+    ae.add_requested_context(STORAGE_COMMITMENT)
+    assoc = ae.associate(
+        "127.0.0.1",
+        b.dicom_port,
+        ae_title="PACSBROKER",
+        evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)],
+    )
+    assert assoc.is_established
+    sent = [dcmread(p) for p in CT]
+    never = "1.2.826.0.1.3680043.10.1432.77"
+    request = Dataset()
+    request.TransactionUID = generate_uid()
+    request.ReferencedSOPSequence = [
+        ref(str(ds.SOPClassUID), str(ds.SOPInstanceUID)) for ds in sent
+    ] + [ref(str(sent[0].SOPClassUID), never)]
+    try:
+        status, _ = assoc.send_n_action(request, 1, STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE)
+        assert status.Status == 0x0000
+        deadline = time.time() + 30
+        while not reports and time.time() < deadline:
+            time.sleep(0.1)
+    finally:
+        assoc.release()
+    assert reports, b.log.read_text()[-4000:]
+    ((event_type, info),) = reports
+    assert event_type == 2 and info.TransactionUID == request.TransactionUID
+    assert {r.ReferencedSOPInstanceUID for r in info.ReferencedSOPSequence} == {
+        ds.SOPInstanceUID for ds in sent
+    }
+    (failed,) = info.FailedSOPSequence
+    assert (failed.ReferencedSOPInstanceUID, failed.FailureReason) == (never, 0x0112)
+    jobs_of = json.loads(b.cli("jobs", "list", "--json").stdout)
+    (job,) = [j for j in jobs_of if j["kind"] == "commitment"]
+    assert job["state"] == "succeeded" and job["result"]["association"] == "the requester's"
+
+
+def ref(sop_class: str, sop_uid: str) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = sop_class
+    item.ReferencedSOPInstanceUID = sop_uid
+    return item

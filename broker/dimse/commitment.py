@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pynetdicom.association import Association
 from pynetdicom.events import Event
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -51,15 +54,16 @@ def queue_report(session: Session, row: Commitment) -> None:
 
 def record(
     session: Session, transaction: str, calling: str, address: str, items: list[list[str]]
-) -> bool:
-    """Record a request and queue its report; False if the same transaction is still pending.
+) -> int | None:
+    """Record a request and queue its report: the job's id, or None if the same transaction is
+    still pending.
 
     A requester that repeats a transaction already reported (it may have missed the report)
     gets a fresh verdict and report.
     """
     row = session.scalar(select(Commitment).where(Commitment.transaction_uid == transaction))
     if row is not None and row.status == "pending":
-        return False
+        return None
     if row is None:
         row = Commitment(transaction_uid=transaction, calling_ae=calling, address=address)
         session.add(row)
@@ -68,13 +72,19 @@ def record(
     row.received_at = jobs.utcnow()
     session.flush()
     queue_report(session, row)
-    return True
+    return row.job_fk
+
+
+OnRecorded = Callable[[Association, int], None]
 
 
 class CommitmentRequestHandler:
-    def __init__(self, policy: AccessPolicy, archive: Archive) -> None:
+    def __init__(
+        self, policy: AccessPolicy, archive: Archive, on_recorded: OnRecorded | None = None
+    ) -> None:
         self.policy = policy
         self.archive = archive
+        self.on_recorded = on_recorded  # (the requester's association, the report job's id)
 
     def __call__(self, event: Event) -> tuple[int, Dataset | None]:
         calling = event.assoc.requestor.ae_title
@@ -100,13 +110,13 @@ class CommitmentRequestHandler:
             return MISSING_ATTRIBUTE, None
         try:
             with self.archive.sessions() as session, session.begin():
-                fresh = record(session, transaction[:64], calling[:16], address[:128], items)
+                job_id = record(session, transaction[:64], calling[:16], address[:128], items)
         except IntegrityError:  # the same transaction recorded at this moment by another receiver
-            fresh = False
+            job_id = None
         except Exception:
             log.exception("storage commitment %s from %s not recorded", transaction, calling)
             return PROCESSING_FAILURE, None
-        if not fresh:
+        if job_id is None:
             log.info(
                 "storage commitment %s from %s repeated; already pending", transaction, calling
             )
@@ -114,4 +124,12 @@ class CommitmentRequestHandler:
         log.info(
             "storage commitment %s from %s: %d instances pending", transaction, calling, len(items)
         )
+        if self.on_recorded is not None:
+            # runs while this answer goes out; it may use the association once the reply is sent
+            threading.Thread(
+                target=self.on_recorded,
+                args=(event.assoc, job_id),
+                name=f"commitment-{job_id}",
+                daemon=True,
+            ).start()
         return 0x0000, None

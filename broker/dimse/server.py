@@ -16,6 +16,7 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.events import Event
 from pynetdicom.transport import ThreadedAssociationServer
 
+from broker.commitment import report_on_association
 from broker.dimse.access import AccessPolicy, Action
 from broker.dimse.brisk import BriskRequestHandler, SharedContexts
 from broker.dimse.commitment import CommitmentRequestHandler
@@ -127,7 +128,12 @@ def receiver_main(settings_json: str, index: int, notify: Any, ready: MpEvent) -
         (evt.EVT_C_FIND, _find(policy, archive)),
         (evt.EVT_C_MOVE, RetrieveHandler(policy, archive, move=True)),
         (evt.EVT_C_GET, RetrieveHandler(policy, archive, move=False)),
-        (evt.EVT_N_ACTION, CommitmentRequestHandler(policy, archive)),
+        (
+            evt.EVT_N_ACTION,
+            CommitmentRequestHandler(
+                policy, archive, lambda assoc, job: report_on_association(archive, assoc, job)
+            ),
+        ),
         (evt.EVT_N_CREATE, mpps.create),
         (evt.EVT_N_SET, mpps.set),
         (evt.EVT_ACCEPTED, _log_assoc),
