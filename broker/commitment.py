@@ -15,8 +15,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +31,7 @@ from broker.dimse.commitment import (
     NO_SUCH_OBJECT,
     PROCESSING_FAILURE,
     REPORT,
+    association_owner,
     queue_report,
 )
 from broker.dimse.contexts import STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE
@@ -196,17 +195,17 @@ def report_on_association(
     """Report on the requester's own association while it keeps it open (PS3.4 J.3.3 allows
     both); otherwise hand the job to the runners, which open a new association.
 
-    Waits `settle` first: a requester that releases right after the N-ACTION reply has done so
-    by then, and is not sent a request it would never answer.
+    The receiver claimed the job for this association when it queued it. Waits `settle` first:
+    a requester that releases right after the N-ACTION reply has done so by then, and is not
+    sent a request it would never answer.
     """
+    owner = association_owner(job_id)
     time.sleep(settle)
     if not _open(assoc):
-        return  # the job runner reports on a new association
-    owner = f"{socket.gethostname()}:{os.getpid()}:association"
+        jobs.defer(archive.sessions, job_id, owner, 0, "to be reported on a new association")
+        return
     lease = archive.settings.job_lease
-    with archive.sessions() as session, session.begin():
-        if not jobs.try_claim(session, job_id, owner, lease):
-            return  # a runner has it already
+    with archive.sessions() as session:
         job = jobs.get(session, job_id)
         ctx = jobs.JobContext.of(job, archive, owner, lease, threading.Event())
     # instances still being ingested are waited for while the requester waits, within reason

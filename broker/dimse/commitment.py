@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -78,6 +80,11 @@ def record(
 OnRecorded = Callable[[Association, int], None]
 
 
+def association_owner(job_id: int) -> str:
+    """The job lease owner while a report waits to go on the requester's own association."""
+    return f"{socket.gethostname()}:{os.getpid()}:association-{job_id}"
+
+
 class CommitmentRequestHandler:
     def __init__(
         self, policy: AccessPolicy, archive: Archive, on_recorded: OnRecorded | None = None
@@ -108,9 +115,16 @@ class CommitmentRequestHandler:
         except (AttributeError, ValueError) as e:
             log.warning("storage commitment from %s malformed: %s", calling, e)
             return MISSING_ATTRIBUTE, None
+        claimed = False
         try:
             with self.archive.sessions() as session, session.begin():
                 job_id = record(session, transaction[:64], calling[:16], address[:128], items)
+                if job_id is not None and self.on_recorded is not None:
+                    # taken in the transaction that queues it, so no job runner reports
+                    # on a new association while the requester still waits on this one
+                    owner = association_owner(job_id)
+                    lease = self.archive.settings.job_lease
+                    claimed = jobs.try_claim(session, job_id, owner, lease)
         except IntegrityError:  # the same transaction recorded at this moment by another receiver
             job_id = None
         except Exception:
@@ -124,7 +138,7 @@ class CommitmentRequestHandler:
         log.info(
             "storage commitment %s from %s: %d instances pending", transaction, calling, len(items)
         )
-        if self.on_recorded is not None:
+        if claimed and self.on_recorded is not None:
             # runs while this answer goes out; it may use the association once the reply is sent
             threading.Thread(
                 target=self.on_recorded,
