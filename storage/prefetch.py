@@ -174,9 +174,10 @@ def bring_near(
     keys = list(keys)
     with tiers.sessions() as session:
         near = set(session.scalars(select(NearObject.key).where(NearObject.key.in_(keys))))
+    # pinned before any copy, so the fills below cannot evict what the study already has near
+    tiers.pin(sorted(near), pin_until)
     for i, key in enumerate(keys, start=1):
         if key in near:
-            tiers.pin([key], pin_until)
             present += 1
         else:
             try:

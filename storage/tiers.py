@@ -126,6 +126,9 @@ class TieredStore:
         # the row before the object falls back to far.
         with self._reserve:
             self.make_room(len(data))
+            if self.used() + len(data) > self.budget:
+                log.info("near tier full of pinned objects: %s stays in far only", key)
+                return False
             now = utcnow()
             with self.sessions() as session, session.begin():
                 ins = _insert(session)(NearObject).values(

@@ -69,6 +69,35 @@ def test_parallel_fills_never_overrun_the_budget(tiered: tiers.TieredStore) -> N
     assert held * 3 * KB == tiered.used()  # every index row has its object and no more
 
 
+def test_pinned_objects_never_push_near_over_its_budget(tiered: tiers.TieredStore) -> None:
+    """A prefetch bigger than near fills what fits; later reads are served from far."""
+    keys = [f"big{i}/se/o.dcm" for i in range(4)]
+    for key in keys:
+        tiered.put(key, b"x" * (3 * KB))
+    copied, _ = bring_near(tiered, keys, tiers.utcnow() + dt.timedelta(hours=1))
+    assert copied == 3 and tiered.used() == 9 * KB
+    tiered.put("other/se/o.dcm", b"y" * (2 * KB))
+    assert tiered.get("other/se/o.dcm") == b"y" * (2 * KB)
+    assert tiered.used() <= tiered.budget and not tiered.near.exists("other/se/o.dcm")
+
+
+def test_a_prefetch_never_evicts_what_its_study_already_has_near(
+    tiered: tiers.TieredStore,
+) -> None:
+    for key in ("p/se/a.dcm", "p/se/b.dcm", "x/se/y.dcm"):
+        tiered.put(key, b"z" * (4 * KB))
+    tiered.get("p/se/a.dcm")  # near, and the least recently used
+    tiered.flush()
+    tiered.get("x/se/y.dcm")
+    tiered.flush()
+    copied, present = bring_near(
+        tiered, ["p/se/b.dcm", "p/se/a.dcm"], tiers.utcnow() + dt.timedelta(hours=1)
+    )
+    assert (copied, present) == (1, 1)
+    held = set(tiered.near.keys(""))
+    assert {"p/se/a.dcm", "p/se/b.dcm"} <= held and "x/se/y.dcm" not in held
+
+
 def test_prior_selection_follows_the_rule(archive: Archive) -> None:  # noqa: F811
     with archive.sessions() as session:
         rows = session.execute(
