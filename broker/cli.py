@@ -268,12 +268,13 @@ def quarantine_assign(
 @quarantine_app.command("reject")
 def quarantine_reject(study_uid: str) -> None:
     """Delete a quarantined study (objects and index rows); audited."""
-    from storage import quarantine
+    from storage import quarantine, removal
     from storage.archive import Archive
 
     archive = Archive(_settings(), run_migrations=True)
     with archive.sessions() as session, session.begin(), refused(quarantine.QuarantineError):
-        n = quarantine.reject(session, archive.store, study_uid, actor=_actor(), source="cli")
+        n = quarantine.reject(session, study_uid, actor=_actor(), source="cli")
+    removal.purge(archive.sessions, archive.store)
     console.print(f"study {study_uid}: {n} objects deleted")
 
 

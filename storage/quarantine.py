@@ -8,9 +8,10 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from storage import audit, registry
+from storage import audit, holds, registry, removal
 from storage.models import Instance, Patient, PatientStatus, Quarantined, Series, Study
-from storage.objects import ObjectStore
+
+ADMIN = "radiology-admin"
 
 
 class QuarantineError(ValueError):
@@ -90,28 +91,29 @@ def assign(session: Session, study_uid: str, target: Patient, *, actor: str, sou
     )
 
 
-def reject(session: Session, store: ObjectStore, study_uid: str, *, actor: str, source: str) -> int:
-    """Delete a quarantined study's objects and rows; returns how many objects went."""
+def reject(session: Session, study_uid: str, *, actor: str, source: str) -> int:
+    """Delete a quarantined study's rows and queue its objects (the caller commits, then
+    purges); returns how many instances went. A study under legal hold stays."""
     study = quarantined_study(session, study_uid)
+    if holds.is_held(session, study.id):
+        raise QuarantineError(f"study {study_uid} is under legal hold: release the hold first")
     old = study.patient
     instances = registry.study_instances(session, study)
-    for inst in instances:
-        store.delete(inst.object_key)
-        session.delete(inst)
-    for series in list(study.series):
-        session.delete(series)
-    session.delete(study)
-    session.flush()
-    _settle(
-        session,
-        old,
-        "quarantine-reject",
-        (old.patient_id, study_uid),
-        f"{len(instances)} objects deleted ({old.status_reason})",
-        actor=actor,
-        source=source,
+    doomed = removal.Doomed(
+        study.id,
+        study_uid,
+        old.patient_id,
+        study.study_date,
+        {inst.id: inst.size for inst in instances},
+        len(instances),
+        [f"quarantine rejected ({old.status_reason})"],
     )
-    return len(instances)
+    n = removal.remove(
+        session, doomed, action="quarantine-reject", actor=actor, role=ADMIN, source=source
+    )
+    session.expire_all()
+    _drop_if_empty(session, old)
+    return n
 
 
 def _settle(
@@ -125,16 +127,20 @@ def _settle(
     source: str,
 ) -> None:
     """Audit a resolution and drop the quarantined patient once no study is left under it."""
-    left = session.scalar(select(func.count(Study.id)).where(Study.patient_fk == old.id))
-    if not left:
-        session.delete(old)
-        session.flush()
+    _drop_if_empty(session, old)
     audit.record(
         session,
         actor=actor,
-        role="radiology-admin",
+        role=ADMIN,
         source=source,
         action=action,
         patients=[subject],
         detail=detail,
     )
+
+
+def _drop_if_empty(session: Session, old: Patient) -> None:
+    left = session.scalar(select(func.count(Study.id)).where(Study.patient_fk == old.id))
+    if not left:
+        session.delete(old)
+        session.flush()

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field
 
-from storage import quarantine, registry
+from storage import quarantine, registry, removal
 from storage.archive import Archive
 from storage.demographics import Identifier
 from viewer.auth import Caller, caller
@@ -54,11 +54,10 @@ def router(archive: Archive) -> APIRouter:
     def reject(study_uid: str, who: Annotated[Caller, Depends(admin)]) -> dict[str, Any]:
         with archive.sessions() as session, session.begin():
             try:
-                n = quarantine.reject(
-                    session, archive.store, study_uid, actor=who.user, source=who.address
-                )
+                n = quarantine.reject(session, study_uid, actor=who.user, source=who.address)
             except quarantine.QuarantineError as e:
                 raise HTTPException(409, str(e)) from None
-            return {"study_uid": study_uid, "deleted_objects": n}
+        removal.purge(archive.sessions, archive.store)
+        return {"study_uid": study_uid, "deleted_objects": n}
 
     return r
