@@ -143,10 +143,15 @@ def storage_cmd(as_json: JSON_OPT = False) -> None:
     if t is None:
         print("one tier (no near tier configured)")
     else:
-        near = t["near"]
+        near, far = t["near"], t["far"]
         print(
             f"near: {near['objects']} objects, {near['bytes'] / 2**20:.1f} of "
-            f"{near['budget_bytes'] / 2**20:.1f} MiB; hit ratio {t['hit_ratio']}"
+            f"{near['budget_bytes'] / 2**20:.1f} MiB; {near['reads']} reads "
+            f"({near['bytes_served'] / 2**20:.1f} MiB); hit ratio {t['hit_ratio']}"
+        )
+        print(
+            f"far:  {far['objects']} objects, {far['bytes'] / 2**20:.1f} MiB; {far['reads']} "
+            f"reads ({far['bytes_served'] / 2**20:.1f} MiB)"
         )
 
 

@@ -20,7 +20,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.models import NearObject, TierCounter, utcnow
+from storage.models import Instance, NearObject, TierCounter, utcnow
 from storage.objects import ObjectNotFound, ObjectStore, ObjectStoreError
 
 log = logging.getLogger("pacsbroker.tiers")
@@ -248,12 +248,16 @@ class TieredStore:
 
 
 def report(session: Session, budget: int) -> dict[str, Any]:
-    """Reads and bytes served per tier, the hit ratio, and what near holds against its budget."""
+    """Per tier what it holds (near against its budget; far: every indexed instance), reads and
+    bytes served, and the near hit ratio."""
     counters = {c.tier: c for c in session.scalars(select(TierCounter))}
     hits = counters[NEAR].reads if NEAR in counters else 0
     misses = counters[FAR].reads if FAR in counters else 0
     count, size = session.execute(
         select(func.count(NearObject.key), func.coalesce(func.sum(NearObject.size), 0))
+    ).one()
+    far_count, far_size = session.execute(
+        select(func.count(Instance.id), func.coalesce(func.sum(Instance.size), 0))
     ).one()
     return {
         "near": {
@@ -264,6 +268,8 @@ def report(session: Session, budget: int) -> dict[str, Any]:
             "bytes_served": counters[NEAR].bytes if NEAR in counters else 0,
         },
         "far": {
+            "objects": int(far_count),
+            "bytes": int(far_size),
             "reads": misses,
             "bytes_served": counters[FAR].bytes if FAR in counters else 0,
         },

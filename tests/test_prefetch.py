@@ -139,6 +139,7 @@ def test_order_prefetches_priors_and_near_keeps_its_budget(
     held = near_studies(b)
     assert all(held.get(uid) == len(KARI_CT) for uid in priors[:3])  # pinned by the prefetch
     assert report["near"]["reads"] >= len(KARI_CT) and report["hit_ratio"] > 0
+    assert report["far"]["objects"] == (7 + i) * len(KARI_CT) and report["far"]["bytes"] > budget
 
     r = b.cli("prefetch-rules", "add", "MR priors", "--modality", "mr", "--on-admission")
     assert r.returncode == 0, r.stderr
@@ -150,6 +151,8 @@ def test_order_prefetches_priors_and_near_keeps_its_budget(
     )
     usage = json.loads(b.cli("storage", "--json").stdout)
     assert {m["modality"]: m["studies"] for m in usage["by_modality"]}["MR"] == 1
+    text = b.cli("storage").stdout
+    assert "near:" in text and f"far:  {(7 + i) * len(KARI_CT)} objects" in text
     r = b.cli("prefetch", "--study", mr, "--wait")
     assert r.returncode == 0, r.stderr
     assert near_studies(b).get(mr) == len(KARI_CT)
