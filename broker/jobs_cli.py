@@ -1,4 +1,4 @@
-"""`pacsbroker jobs|retention|hold|unhold|fixity`: durable jobs, retention rules and sweeps,
+"""`pacsbroker jobs|retention|hold|unhold|holds|fixity`: durable jobs, retention rules and sweeps,
 legal holds and fixity checks (the running broker executes the jobs)."""
 
 from __future__ import annotations
@@ -66,11 +66,21 @@ def jobs_show(job_id: int, wait: WAIT_OPT = False) -> None:
 
 
 def _change_job(job_id: int, change: Any) -> None:
-    from storage import jobs
+    """Cancel or retry a job, audited as the API audits it (`job-cancel`, `job-retry`)."""
+    from storage import audit, jobs
 
     archive = open_archive()
     with archive.sessions() as session, session.begin(), refused(jobs.JobError):
-        j = jobs.as_dict(change(session, job_id, by=actor()))
+        job = change(session, job_id, by=actor())
+        audit.record(
+            session,
+            actor=actor(),
+            role="radiology-admin",
+            source="cli",
+            action=f"job-{change.__name__}",
+            detail=f"job {job.id} ({job.kind})",
+        )
+        j = jobs.as_dict(job)
     print(job_line(j))
 
 
@@ -220,6 +230,23 @@ def unhold(study_uid: str) -> None:
     with archive.sessions() as session, session.begin(), refused(holds.HoldError):
         holds.release(session, study_uid, actor=actor(), source="cli")
     console.print(f"study {study_uid}: legal hold cleared")
+
+
+@commands.command()
+def holds(as_json: JSON_OPT = False) -> None:
+    """Studies under legal hold, with who put them there and why."""
+    from storage import holds as legal_holds
+
+    archive = open_archive()
+    with archive.sessions() as session:
+        found = legal_holds.listing(session)
+    if as_json:
+        print(json.dumps(found, default=str))
+        return
+    for h in found:
+        print("\t".join(str(v) for v in h.values()))
+    if not found:
+        print("no legal holds")
 
 
 @commands.command("fixity")

@@ -122,6 +122,27 @@ def prefetch_rules_delete(rule_id: int) -> None:
     console.print(f"prefetch rule {rule_id} deleted")
 
 
+@commands.command()
+def evict(
+    fraction: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Share of the budget near may keep")
+    ] = 0.9,
+    wait: WAIT_OPT = False,
+    as_json: JSON_OPT = False,
+) -> None:
+    """Bring the near tier down to a fraction of its budget (pinned objects stay)."""
+    from storage import jobs
+    from storage import prefetch as pf
+
+    archive = open_archive()
+    if archive.tiers is None:
+        console.print("[red]no near tier is configured (NEAR_DIR or NEAR_S3_ENDPOINT)[/red]")
+        raise typer.Exit(2)
+    with archive.sessions() as session, session.begin():
+        job = jobs.enqueue(session, pf.EVICT, {"fraction": fraction}, created_by=actor())
+    queued(job, wait, as_json)
+
+
 @commands.command("storage")
 def storage_cmd(as_json: JSON_OPT = False) -> None:
     """What the archive holds per modality, and per tier with the near hit ratio."""

@@ -156,6 +156,9 @@ def test_order_prefetches_priors_and_near_keeps_its_budget(
     r = b.cli("prefetch", "--study", mr, "--wait")
     assert r.returncode == 0, r.stderr
     assert near_studies(b).get(mr) == len(KARI_CT)
+    evicted = json.loads(b.cli("evict", "--fraction", "0", "--wait", "--json").stdout)
+    assert evicted["state"] == "succeeded"
+    assert near_studies(b) == {uid: len(KARI_CT) for uid in [*priors[:3], mr]}  # all pinned
 
 
 def test_kill9_during_a_prefetch_then_restart_finishes_it(

@@ -330,6 +330,8 @@ def test_dry_run_then_sweep_deletes_from_index_and_minio_but_not_held(
         "18",
     )
     cli(b, "hold", cr, "--reason", "Klagesak 2026/123")
+    (held,) = json.loads(cli(b, "holds", "--json"))
+    assert (held["study_uid"], held["reason"]) == (cr, "Klagesak 2026/123")
     assert "adults-2y" in cli(b, "retention", "rules")
     plan = json.loads(cli(b, "retention", "dry-run", "--json"))
     assert {s["study_uid"] for s in plan["studies"]} == {mr, ct}
@@ -365,6 +367,7 @@ def test_dry_run_then_sweep_deletes_from_index_and_minio_but_not_held(
     )
 
     cli(b, "unhold", cr)
+    assert "no legal holds" in cli(b, "holds")
     plan = json.loads(cli(b, "retention", "dry-run", "--json"))
     assert [s["study_uid"] for s in plan["studies"]] == [cr]
 
