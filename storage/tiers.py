@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -121,28 +121,30 @@ class TieredStore:
         """Copy into near (making room first); False when near cannot take it now."""
         if len(data) > self.budget:
             return False
-        # Room is made and reserved (the index row) in one step, so parallel fills cannot
-        # each see the same free space and together overrun the budget. A reader that finds
-        # the row before the object falls back to far.
-        with self._reserve:
-            self.make_room(len(data))
-            if self.used() + len(data) > self.budget:
+        # Room is made and reserved (the index row) in one database transaction under a lock
+        # every broker process takes, so parallel fills, in this process or in a receiver,
+        # cannot each see the same free space and together overrun the budget. A reader that
+        # finds the row before the object falls back to far.
+        with self._reserve, self.sessions() as session, session.begin():
+            _lock_budget(session)
+            victims = self._room_for(session, len(data))
+            if victims is None:
                 log.info("near tier full of pinned objects: %s stays in far only", key)
                 return False
             now = utcnow()
-            with self.sessions() as session, session.begin():
-                ins = _insert(session)(NearObject).values(
-                    key=key,
-                    study_uid=_study_of(key),
-                    size=len(data),
-                    last_access=now,
-                    added_at=now,
-                    pinned_until=pin_until,
-                )
-                changes = {"last_access": now}
-                if pin_until is not None:
-                    changes["pinned_until"] = pin_until
-                session.execute(ins.on_conflict_do_update(index_elements=["key"], set_=changes))
+            ins = _insert(session)(NearObject).values(
+                key=key,
+                study_uid=_study_of(key),
+                size=len(data),
+                last_access=now,
+                added_at=now,
+                pinned_until=pin_until,
+            )
+            changes = {"last_access": now}
+            if pin_until is not None:
+                changes["pinned_until"] = pin_until
+            session.execute(ins.on_conflict_do_update(index_elements=["key"], set_=changes))
+        self._delete_near_objects(victims)
         try:
             self.near.put(key, data)
         except ObjectStoreError as e:
@@ -154,14 +156,28 @@ class TieredStore:
 
     def used(self) -> int:
         with self.sessions() as session:
-            return int(session.scalar(select(func.coalesce(func.sum(NearObject.size), 0))) or 0)
+            return _used(session)
 
-    def make_room(self, need: int) -> int:
-        """Evict so `need` more bytes fit; down to 90 % of the budget, so not every fill has
-        to evict. Returns the bytes freed."""
-        if self.used() + need <= self.budget:
-            return 0
-        return self.shrink_to(min(self.budget - need, int(self.budget * 0.9)))
+    def _room_for(self, session: Session, need: int) -> list[str] | None:
+        """Drop the rows of least recently used, unpinned objects so `need` more bytes fit, down
+        to 90 % of the budget so not every fill evicts; None (nothing dropped) if they cannot."""
+        used = _used(session)
+        if used + need <= self.budget:
+            return []
+        target = min(self.budget - need, int(self.budget * 0.9))
+        victims, freed = [], 0
+        for key, size in session.execute(_evictable()):
+            if used - freed <= target:
+                break
+            victims.append(key)
+            freed += size
+        if used - freed + need > self.budget:
+            return None
+        for chunk in _chunks(victims):
+            session.execute(delete(NearObject).where(NearObject.key.in_(chunk)))
+        if victims:
+            log.info("near tier: evicted %d objects (%d bytes)", len(victims), freed)
+        return victims
 
     def shrink_to(self, target: int) -> int:
         """Evict least recently used, unpinned objects until near holds at most `target`."""
@@ -169,12 +185,7 @@ class TieredStore:
         freed = 0
         victims = []
         with self.sessions() as session:
-            rows = session.execute(
-                select(NearObject.key, NearObject.size)
-                .where((NearObject.pinned_until.is_(None)) | (NearObject.pinned_until < utcnow()))
-                .order_by(NearObject.last_access)
-            )
-            for key, size in rows:
+            for key, size in session.execute(_evictable()):
                 if used - freed <= target:
                     break
                 victims.append(key)
@@ -186,15 +197,17 @@ class TieredStore:
 
     def drop_near(self, keys: list[str]) -> None:
         """Remove from near: the index row first, so no reader is sent to a missing object."""
-        for i in range(0, len(keys), 500):
-            chunk = keys[i : i + 500]
+        for chunk in _chunks(keys):
             with self.sessions() as session, session.begin():
                 session.execute(delete(NearObject).where(NearObject.key.in_(chunk)))
-            for key in chunk:
-                try:
-                    self.near.delete(key)
-                except ObjectStoreError as e:
-                    log.warning("near tier: cannot delete %s: %s", key, e)
+        self._delete_near_objects(keys)
+
+    def _delete_near_objects(self, keys: list[str]) -> None:
+        for key in keys:
+            try:
+                self.near.delete(key)
+            except ObjectStoreError as e:
+                log.warning("near tier: cannot delete %s: %s", key, e)
 
     def pin(self, keys: list[str], until: dt.datetime) -> None:
         with self.sessions() as session, session.begin():
@@ -245,6 +258,36 @@ class TieredStore:
     def close(self) -> None:
         self._stop.set()
         self.flush()
+
+
+def _used(session: Session) -> int:
+    return int(session.scalar(select(func.coalesce(func.sum(NearObject.size), 0))) or 0)
+
+
+def _evictable() -> Select[str, int]:
+    """Unpinned near objects, least recently used first."""
+    return (
+        select(NearObject.key, NearObject.size)
+        .where((NearObject.pinned_until.is_(None)) | (NearObject.pinned_until < utcnow()))
+        .order_by(NearObject.last_access)
+    )
+
+
+def _chunks(keys: list[str], size: int = 500) -> Iterator[list[str]]:
+    for i in range(0, len(keys), size):
+        yield keys[i : i + size]
+
+
+BUDGET_LOCK = 0x6E656172  # "near": the PostgreSQL advisory lock every near fill takes
+
+
+def _lock_budget(session: Session) -> None:
+    """Serialise near fills across broker processes for this transaction. SQLite has one writer
+    at a time: a first write (deleting nothing) takes its lock before anything is read."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(BUDGET_LOCK)))
+    else:
+        session.execute(delete(NearObject).where(NearObject.key == ""))
 
 
 def report(session: Session, budget: int) -> dict[str, Any]:

@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import multiprocessing
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -96,6 +98,36 @@ def test_a_prefetch_never_evicts_what_its_study_already_has_near(
     assert (copied, present) == (1, 1)
     held = set(tiered.near.keys(""))
     assert {"p/se/a.dcm", "p/se/b.dcm"} <= held and "x/se/y.dcm" not in held
+
+
+def _fill_pinned(settings: Settings, key: str, start: Any, out: Any) -> None:
+    """One broker process filling near (a receiver serving a C-MOVE, say)."""
+    a = Archive(settings)
+    assert isinstance(a.store, tiers.TieredStore)
+    a.store.budget = 10 * KB
+    start.wait()
+    out.put(a.store.fill(key, b"p" * (4 * KB), pin_until=tiers.utcnow() + dt.timedelta(hours=1)))
+    a.close()
+
+
+def test_fills_from_several_processes_never_overrun_the_budget(
+    tiered: tiers.TieredStore, tmp_path: Path, db_url: str
+) -> None:
+    settings = Settings(data_dir=tmp_path, database_url=db_url, near_dir=tmp_path / "near")
+    ctx = multiprocessing.get_context("spawn")
+    for round_ in range(2):
+        start, out = ctx.Barrier(4), ctx.Queue()
+        procs = [
+            ctx.Process(target=_fill_pinned, args=(settings, f"r{round_}/p{i}/o.dcm", start, out))
+            for i in range(4)
+        ]
+        for p in procs:
+            p.start()
+        filled = [out.get(timeout=60) for _ in procs]
+        for p in procs:
+            p.join(30)
+        assert filled.count(True) == 2 and tiered.used() == 8 * KB, filled
+        tiered.drop_near(list(tiered.near.keys("")))
 
 
 def test_prior_selection_follows_the_rule(archive: Archive) -> None:  # noqa: F811
