@@ -22,6 +22,17 @@ ISSUER_OID = {
     IdKind.HNR: "2.16.578.1.12.4.1.4.3",
 }
 
+# Names that Norwegian senders use for the national registers instead of the OIDs: as an
+# assigning authority (HL7 CX-4.1, DICOM Issuer of Patient ID) or an identifier type (CX-5).
+AUTHORITY_NAMES = {
+    "FNR": IdKind.FNR,
+    "NOR": IdKind.FNR,
+    "NNNOR": IdKind.FNR,
+    "DNR": IdKind.DNR,
+    "DNUMMER": IdKind.DNR,
+    "HNR": IdKind.HNR,
+}
+
 
 class InvalidNationalId(ValueError):
     """The identifier is not a valid Norwegian national ID; the message says why."""
@@ -37,6 +48,17 @@ class NationalId:
     @property
     def issuer_oid(self) -> str:
         return ISSUER_OID[self.kind]
+
+
+def authority_kind(name: str) -> IdKind | None:
+    """The national register an authority name or type code stands for, if it is one."""
+    return AUTHORITY_NAMES.get(name.strip().upper().replace("-", ""))
+
+
+def looks_national(value: str) -> bool:
+    """Whether `value` has the form of a national ID; in Norway 11 digits are one."""
+    v = value.strip()
+    return len(v) == 11 and v.isdigit()
 
 
 def check_digits(first9: str) -> str | None:
@@ -68,7 +90,7 @@ def _century(individual: int, yy: int) -> int | None:
 def parse(value: str, *, allow_synthetic: bool) -> NationalId:
     """Validate an 11-digit national ID and return its kind and birth date."""
     v = value.strip()
-    if len(v) != 11 or not v.isdigit():
+    if not looks_national(v):
         raise InvalidNationalId(f"{value!r}: a national ID has exactly 11 digits")
     day, month, yy, individual = int(v[0:2]), int(v[2:4]), int(v[4:6]), int(v[6:9])
     kind = IdKind.FNR

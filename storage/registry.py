@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Sequence
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from storage.demographics import Demographics, Identifier
+from storage import nationalid
+from storage.demographics import NATIONAL_SYSTEMS, OID_PREFIX, Demographics, Identifier
 from storage.models import (
     Instance,
     Patient,
@@ -19,9 +21,47 @@ from storage.models import (
     utcnow,
 )
 
+_OID = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
+# characters that delimit components, groups and values in a DICOM PN, and control characters
+_PN_UNSAFE = re.compile(r"[\^=\\\x00-\x1f]")
+
 
 class RegistryError(ValueError):
     """A PAS change that cannot be applied; the message says why."""
+
+
+def issuer_system(namespace: str, universal_id: str = "") -> str:
+    """The identifier system of an assigning authority: its OID, the national register's OID
+    for the names senders use (FNR, NOR, DNR, HNR, ...), else `urn:ns:<namespace>`."""
+    for oid in (universal_id.strip(), namespace.strip()):
+        if _OID.match(oid):
+            return OID_PREFIX + oid
+    kind = nationalid.authority_kind(namespace)
+    if kind is not None:
+        return NATIONAL_SYSTEMS[kind]
+    return "urn:ns:" + namespace.strip() if namespace.strip() else ""
+
+
+def identifier(
+    value: str, system: str, *, national_type: bool = False, allow_synthetic: bool
+) -> Identifier:
+    """`value` in `system`. A national ID (national system or type code, or 11 digits with no
+    system) is validated and filed under the register its digits name; else InvalidNationalId."""
+    national = national_type or system in NATIONAL_SYSTEMS.values()
+    if national or (not system and nationalid.looks_national(value)):
+        # the digits decide: senders often label a D-nummer as FNR
+        kind = nationalid.parse(value, allow_synthetic=allow_synthetic).kind
+        return Identifier(NATIONAL_SYSTEMS[kind], value)
+    return Identifier(system, value)
+
+
+def person_name(parts: Iterable[str]) -> str:
+    """DICOM PN from components (family, given, middle, ...). A `^`, `=` or `\\` inside one
+    would split it in DICOM, so it becomes a space, like control characters (HL7 `\\.br\\`)."""
+    clean = [" ".join(_PN_UNSAFE.sub(" ", p).split()) for p in parts]
+    while clean and not clean[-1]:
+        clean.pop()
+    return "^".join(clean)
 
 
 def primary(identifiers: Sequence[Identifier]) -> Identifier:
@@ -64,13 +104,18 @@ def find_any(session: Session, identifiers: Iterable[Identifier]) -> Patient | N
     return None
 
 
+def _row(session: Session, ident: Identifier) -> PatientIdentifier | None:
+    """The registry row of exactly this system and value."""
+    return session.scalars(
+        select(PatientIdentifier).where(
+            PatientIdentifier.value == ident.value, PatientIdentifier.system == ident.system
+        )
+    ).first()
+
+
 def add_identifiers(session: Session, patient: Patient, identifiers: Iterable[Identifier]) -> None:
     for ident in identifiers:
-        row = session.scalars(
-            select(PatientIdentifier).where(
-                PatientIdentifier.value == ident.value, PatientIdentifier.system == ident.system
-            )
-        ).first()
+        row = _row(session, ident)
         if row is None:
             session.add(PatientIdentifier(patient=patient, system=ident.system, value=ident.value))
         elif row.patient_fk != patient.id:
@@ -112,9 +157,25 @@ def create(
     return patient
 
 
-def apply_pas(session: Session, demo: Demographics) -> Patient:
-    """Create or update the patient PAS describes; it becomes verified and visible."""
-    patient = find_any(session, demo.identifiers)
+def holder(session: Session, identifiers: Iterable[Identifier]) -> Patient | None:
+    """The patient holding `identifiers` (as `find_any` when none is held as given);
+    RegistryError if several patients hold them, as taking them over would rob the others."""
+    idents = list(identifiers)
+    rows = (_row(session, i) for i in idents)
+    found = {p.id: p for p in (survivor(session, r.patient) for r in rows if r is not None)}
+    if len(found) > 1:
+        raise RegistryError(
+            "PID-3: identifiers belong to different patients ("
+            + ", ".join(p.patient_id for p in found.values())
+            + "); use A40 to merge"
+        )
+    return next(iter(found.values()), None) or find_any(session, idents)
+
+
+def apply_pas(session: Session, demo: Demographics, *, strict: bool = True) -> Patient:
+    """Create or update the patient PAS describes; it becomes verified and visible. `strict`
+    refuses identifiers held by different patients (HL7); lookups at ingest keep PAS's grouping."""
+    patient = holder(session, demo.identifiers) if strict else find_any(session, demo.identifiers)
     if patient is None:
         return create(session, demo, PatientStatus.VERIFIED)
     patient.name, patient.birth_date, patient.sex = demo.name, demo.birth_date, demo.sex
@@ -159,9 +220,9 @@ def change_identifier(session: Session, demo: Demographics, prior: Sequence[Iden
         raise RegistryError(
             "MRG-1: no patient holds " + ", ".join(i.value for i in prior) + " in the archive"
         )
-    holder = find_any(session, demo.identifiers)
-    if holder is not None and holder.id != patient.id:
-        raise RegistryError(f"PID-3: {holder.patient_id} already belongs to another patient")
+    owner = holder(session, demo.identifiers)
+    if owner is not None and owner.id != patient.id:
+        raise RegistryError(f"PID-3: {owner.patient_id} already belongs to another patient")
     for ident in prior:
         for row in list(patient.identifiers):
             if row.value == ident.value and row.system in (ident.system, ""):

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
+from typing import Any
 
 import hl7
 import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from broker.pas.hl7v2 import Hl7Error, ack, parse_adt
-from storage.nationalid import make
+from broker.pas.adt import AdtApplier
+from broker.pas.hl7v2 import AdtMessage, Hl7Error, ack, parse_adt
+from storage import registry
+from storage.db import make_engine, migrate, session_factory
+from storage.demographics import NATIONAL_SYSTEMS, Demographics, Identifier
+from storage.models import Hl7Message, Job, Patient, PatientIdentifier, PrefetchRule
+from storage.nationalid import IdKind, check_digits, make
 from tools.pas_sim import adt_message
 
 
@@ -92,3 +101,184 @@ def test_national_id_check_digits_and_synthetic_policy() -> None:
     with pytest.raises(Hl7Error, match="synthetic"):
         parse_adt(adt_message("A08", FNR, "N^K"), allow_synthetic=False)
     assert parse_adt(adt_message("A08", REAL_FORMAT, "N^K"), allow_synthetic=False)
+
+
+def shifted(birth: dt.date, *, day: int = 0, month: int = 0) -> str:
+    """A valid D-nummer (day + 40) or H-nummer (month + 40)."""
+    for individual in range(100, 500):
+        first9 = f"{birth.day + day:02d}{birth.month + month:02d}{birth.year % 100:02d}"
+        first9 += f"{individual:03d}"
+        if digits := check_digits(first9):
+            return first9 + digits
+    raise AssertionError("no check digits fit")
+
+
+DNR = shifted(dt.date(1961, 4, 12), day=40)
+HNR = shifted(dt.date(1961, 4, 12), month=40)
+BAD = FNR[:-1] + str((int(FNR[-1]) + 1) % 10)
+
+
+def adt(trigger: str, pid3: str, *, name: str = "A^B", mrg: str = "", cid: str = "c1") -> bytes:
+    segs = [f"MSH|^~\\&|PAS|HF|PACS|HF|2026||ADT^{trigger}|{cid}|P|2.5", f"PID|1||{pid3}||{name}"]
+    segs += [f"MRG|{mrg}"] if mrg else []
+    return ("\r".join(segs) + "\r").encode()
+
+
+def systems(m: AdtMessage) -> list[tuple[str, str]]:
+    return [(i.system, i.value) for i in m.patient.identifiers]
+
+
+@pytest.mark.parametrize(
+    ("cx", "kind"),
+    [
+        (f"{FNR}^^^FNR", IdKind.FNR),
+        (f"{FNR}^^^NOR", IdKind.FNR),
+        (f"{FNR}^^^FNR&2.16.578.1.12.4.1.4.1&ISO", IdKind.FNR),
+        (f"{FNR}^^^^NNNOR", IdKind.FNR),
+        (f"{FNR}^^^^FNR", IdKind.FNR),
+        (f"{FNR}", IdKind.FNR),
+        (f"{DNR}^^^DNR", IdKind.DNR),
+        (f"{DNR}^^^DNUMMER", IdKind.DNR),
+        (f"{DNR}^^^FNR", IdKind.DNR),  # the digits decide: a D-nummer sent as FNR
+        (f"{HNR}^^^HNR", IdKind.HNR),
+    ],
+)
+def test_national_ids_by_authority_name_type_code_or_form(cx: str, kind: IdKind) -> None:
+    value = cx.split("^")[0]
+    assert systems(parse_adt(adt("A08", cx), allow_synthetic=True)) == [
+        (NATIONAL_SYSTEMS[kind], value)
+    ]
+    merge = parse_adt(adt("A40", REAL_FORMAT, mrg=cx), allow_synthetic=True)
+    assert [(i.system, i.value) for i in merge.prior] == [(NATIONAL_SYSTEMS[kind], value)]
+
+
+@pytest.mark.parametrize(
+    "cx",
+    [f"{BAD}^^^FNR", f"{BAD}^^^NOR", f"{BAD}^^^^NNNOR", BAD, f"{BAD}^^^DNR", f"{FNR[:10]}^^^FNR"],
+)
+def test_invalid_national_ids_are_refused_however_labelled(cx: str) -> None:
+    with pytest.raises(Hl7Error) as err:
+        parse_adt(adt("A08", cx), allow_synthetic=True)
+    assert err.value.code == "AE" and "not a valid national ID" in err.value.reason
+    with pytest.raises(Hl7Error, match="MRG-1"):
+        parse_adt(adt("A40", REAL_FORMAT, mrg=cx), allow_synthetic=True)
+
+
+def test_local_namespaces_are_kept_and_not_validated() -> None:
+    m = parse_adt(adt("A08", f"{BAD}^^^HOSP~H1^^^1.2.3.4"), allow_synthetic=True)
+    assert systems(m) == [("urn:ns:HOSP", BAD), ("urn:oid:1.2.3.4", "H1")]
+
+
+@pytest.mark.parametrize(
+    ("pn", "charset", "name"),
+    [
+        ("O\\S\\Brien^Kari", "UNICODE UTF-8", "O Brien^Kari"),
+        ("Back\\E\\slash^Kari", "UNICODE UTF-8", "Back slash^Kari"),
+        ("Eq=ual^Kari", "UNICODE UTF-8", "Eq ual^Kari"),
+        ("S\\XC3A6\\ter^Kari", "UNICODE UTF-8", "Sæter^Kari"),
+        ("S\\XE6\\ter^Kari", "8859/1", "Sæter^Kari"),
+        ("A\\X7C5E\\B^Kari", "UNICODE UTF-8", "A| B^Kari"),
+        ("\\H\\Nordmann\\N\\^Kari\\.br\\Mari", "UNICODE UTF-8", "Nordmann^Kari Mari"),
+        ("\\E\\X41\\^Kari", "UNICODE UTF-8", "X41^Kari"),
+    ],
+)
+def test_escapes_never_become_pn_delimiters(pn: str, charset: str, name: str) -> None:
+    m = parse_adt(adt_message("A08", FNR, pn, charset=charset), allow_synthetic=True)
+    assert m.patient.name == name
+
+
+@pytest.mark.parametrize(
+    ("msh18", "body", "code"), [("KOI8-R", b"", "AR"), ("UNICODE UTF-8", b"\xff\xfe", "AE")]
+)
+def test_refusals_echo_the_header_read_from_the_bytes(msh18: str, body: bytes, code: str) -> None:
+    msh = f"MSH|^~\\&|PASAPP|PASFAC|PACS|HF|2026||ADT^A08|ctl-9|P|2.5||||||{msh18}\r"
+    raw = msh.encode() + b"PID|1||H1^^^H||N" + body + b"\r"
+    with pytest.raises(Hl7Error) as err:
+        parse_adt(raw, allow_synthetic=True)
+    assert err.value.code == code
+    reply = hl7.parse(ack(err.value, code, err.value.reason).decode())
+    assert str(reply.segment("MSA")[2]) == "ctl-9"
+    assert (str(reply.segment("MSH")[5]), str(reply.segment("MSH")[6])) == ("PASAPP", "PASFAC")
+
+
+# --- applying messages to the registry ------------------------------------------------------
+
+
+@pytest.fixture
+def applier(db_url: str) -> Iterator[AdtApplier]:
+    engine = make_engine(db_url)
+    migrate(engine)
+    yield AdtApplier(session_factory(engine), allow_synthetic=True, app="PACSBROKER")
+    engine.dispose()
+
+
+def msa(reply: bytes) -> list[str]:
+    return [str(f) for f in hl7.parse(reply.decode()).segment("MSA")]
+
+
+class Clashing(AdtApplier):
+    """Applies, then breaks a uniqueness constraint that is not the control ID's."""
+
+    def apply(self, session: Session, msg: Any, peer: str) -> str:
+        detail = super().apply(session, msg, peer)
+        session.add_all([Patient(patient_id="dup"), Patient(patient_id="dup")])
+        session.flush()
+        return detail
+
+
+class Racing(AdtApplier):
+    """As if a concurrent connection committed the same control ID in between."""
+
+    @staticmethod
+    def _seen(session: Session, msg: Any) -> bool:
+        return False
+
+
+def test_only_a_control_id_clash_is_a_duplicate(applier: AdtApplier) -> None:
+    clashing = Clashing(applier.sessions, allow_synthetic=True, app="PACSBROKER")
+    raw = adt_message("A08", FNR, "Nordmann^Kari", control_id="clash-1")
+    answer = msa(clashing.handle(raw))
+    assert answer[1] == "AE" and "not applied" in answer[3] and "already" not in answer[3]
+    with applier.sessions() as s:
+        assert registry.find(s, Identifier(NATIONAL_SYSTEMS[IdKind.FNR], FNR)) is None
+
+    racing = Racing(applier.sessions, allow_synthetic=True, app="PACSBROKER")
+    assert msa(racing.handle(raw))[1:3] == ["AA", "clash-1"]
+    again = msa(racing.handle(adt_message("A08", FNR, "Other^Name", control_id="clash-1")))
+    assert again[1] == "AA" and "duplicate" in again[3]
+    with applier.sessions() as s:
+        found = registry.find(s, Identifier(NATIONAL_SYSTEMS[IdKind.FNR], FNR))
+        assert found is not None and found.name == "Nordmann^Kari"
+
+
+@pytest.mark.parametrize(("trigger", "queued"), [("A01", 1), ("A04", 1), ("A05", 1), ("A08", 0)])
+def test_admission_registration_and_preadmit_prefetch(
+    applier: AdtApplier, trigger: str, queued: int
+) -> None:
+    with applier.sessions() as s, s.begin():
+        s.add(PrefetchRule(name="ward", on_order=False, on_admission=True))
+    assert msa(applier.handle(adt_message(trigger, FNR, "Nordmann^Kari")))[1] == "AA"
+    with applier.sessions() as s:
+        jobs = list(s.scalars(select(Job).where(Job.kind == "prefetch")))
+    assert len(jobs) == queued
+    assert all("admission" in j.params for j in jobs)
+
+
+def test_identifiers_of_two_patients_are_refused_unchanged(applier: AdtApplier) -> None:
+    ola = Demographics((Identifier(NATIONAL_SYSTEMS[IdKind.FNR], REAL_FORMAT),), "Nordmann^Ola")
+    with applier.sessions() as s, s.begin():
+        registry.apply_pas(s, ola)
+        registry.apply_pas(s, Demographics((Identifier("urn:ns:HOSP", "H9001"),), "Ola"))
+        registry.apply_pas(s, Demographics((Identifier(NATIONAL_SYSTEMS[IdKind.FNR], FNR),), "K"))
+    before = _identifiers(applier)
+    answer = msa(applier.handle(adt("A08", f"H9001^^^HOSP~{FNR}^^^FNR", name="Nordmann^Kari")))
+    assert answer[1] == "AE" and "different patients" in answer[3] and "A40" in answer[3]
+    assert _identifiers(applier) == before
+    with applier.sessions() as s:
+        assert s.scalars(select(Hl7Message.outcome)).all() == ["AE"]
+
+
+def _identifiers(applier: AdtApplier) -> list[tuple[str, str, str]]:
+    with applier.sessions() as s:
+        rows = s.scalars(select(PatientIdentifier).order_by(PatientIdentifier.id))
+        return [(r.patient.name, r.system, r.value) for r in rows]

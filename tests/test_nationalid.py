@@ -2,7 +2,7 @@ import datetime as dt
 
 import pytest
 
-from storage.nationalid import IdKind, InvalidNationalId, check_digits, make, parse
+from storage.nationalid import IdKind, InvalidNationalId, authority_kind, check_digits, make, parse
 
 
 def test_known_valid_fodselsnummer() -> None:
@@ -52,3 +52,20 @@ def test_century_rules() -> None:
         ).birth_date.year
         == 2010
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("FNR", IdKind.FNR),
+        ("nor", IdKind.FNR),
+        ("NNNOR", IdKind.FNR),
+        ("DNR", IdKind.DNR),
+        ("D-nummer", IdKind.DNR),
+        ("HNR", IdKind.HNR),
+        ("HOSP", None),
+        ("", None),
+    ],
+)
+def test_authority_names_of_the_national_registers(name: str, kind: IdKind | None) -> None:
+    assert authority_kind(name) is kind

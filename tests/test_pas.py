@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 from sqlalchemy import select
 
-from broker.pas.pdqm import PasClient, PasUnavailable
-from storage import nationalid
+from broker.pas.pdqm import PasClient, PasUnavailable, to_demographics
+from broker.pas.reconcile import Reconciler, header_identifier
+from storage import dicomheader, nationalid, registry
 from storage.archive import Archive
-from storage.demographics import NATIONAL_SYSTEMS, Identifier
+from storage.db import make_engine, migrate, session_factory
+from storage.demographics import NATIONAL_SYSTEMS, Demographics, Identifier
 from storage.dicomheader import dataset_offset
 from storage.models import Instance, Patient, PatientStatus
 from storage.nationalid import IdKind
@@ -57,7 +61,7 @@ def pas(tmp_path: Path) -> Iterator[str]:
 @pytest.fixture
 def broker(broker_factory, pas: str) -> Broker:
     dest = free_port()
-    peers = [{"ae": ae} for ae in ("STORESCU", "FINDSCU", "MOVESCU")]
+    peers: list[dict[str, Any]] = [{"ae": ae} for ae in ("STORESCU", "FINDSCU", "MOVESCU")]
     peers.append({"ae": "STORESCP", "host": "127.0.0.1", "port": dest})
     b = broker_factory(
         {
@@ -66,7 +70,7 @@ def broker(broker_factory, pas: str) -> Broker:
             "PACSBROKER_PAS_RETRY_INTERVAL": "1",
         }
     )
-    b.dest_port = dest  # type: ignore[attr-defined]
+    b.dest_port = dest
     return b.start()
 
 
@@ -268,3 +272,71 @@ def test_wrong_pas_url_is_an_outage_not_an_unknown_patient(pas: str) -> None:
         client.lookup(Identifier(NATIONAL_SYSTEMS[IdKind.FNR], KARI))
     assert PasClient(f"{pas}/fhir").lookup(Identifier("", "00000000000")) is None
     assert PasClient(f"{pas}/fhir").lookup(Identifier("", KARI)) is not None
+
+
+def header(**values: Any) -> dicomheader.Header:
+    """The parsed header of a sample CR with patient attributes set as a modality sent them."""
+    ds = dcmread(OLA_CR[0])
+    ds.IssuerOfPatientID = ""
+    for k, v in values.items():
+        setattr(ds, k, v)
+    out = io.BytesIO()
+    ds.save_as(out)
+    return dicomheader.parse(out.getvalue())
+
+
+def qualifiers(uid: str, kind: str = "ISO") -> list[Dataset]:
+    item = Dataset()
+    item.UniversalEntityID, item.UniversalEntityIDType = uid, kind
+    return [item]
+
+
+@pytest.mark.parametrize(
+    ("values", "system", "problem"),
+    [
+        ({"PatientID": "H9001", "IssuerOfPatientID": "OTHERHOSP"}, "urn:ns:OTHERHOSP", ""),
+        ({"PatientID": KARI, "IssuerOfPatientID": "FNR"}, NATIONAL_SYSTEMS[IdKind.FNR], ""),
+        ({"PatientID": KARI, "IssuerOfPatientID": "NOR"}, NATIONAL_SYSTEMS[IdKind.FNR], ""),
+        ({"PatientID": KARI}, NATIONAL_SYSTEMS[IdKind.FNR], ""),
+        ({"PatientID": "H9001"}, "", ""),
+        (
+            {"PatientID": "H9001", "IssuerOfPatientIDQualifiersSequence": qualifiers("1.2.3.4")},
+            "urn:oid:1.2.3.4",
+            "",
+        ),
+        (
+            {"PatientID": "H9001", "IssuerOfPatientIDQualifiersSequence": qualifiers("x", "DNS")},
+            "",
+            "",
+        ),
+        ({"PatientID": "H9001", "IssuerOfPatientID": "FNR"}, "", "exactly 11 digits"),
+    ],
+)
+def test_header_issuers_are_normalised_as_hl7_namespaces(
+    values: dict[str, Any], system: str, problem: str
+) -> None:
+    ident, why = header_identifier(header(**values), allow_synthetic=True)
+    assert why.endswith(problem) if problem else why == ""
+    if not problem:
+        assert ident.system == system
+
+
+def test_a_header_issuer_never_matches_another_namespace(db_url: str) -> None:
+    engine = make_engine(db_url)
+    migrate(engine)
+    sessions = session_factory(engine)
+    with sessions() as s, s.begin():
+        registry.apply_pas(s, Demographics((Identifier("urn:ns:HOSP", "H9001"),), "Hosp^Pasient"))
+    rec = Reconciler(None, allow_synthetic=True)
+    with sessions() as s, s.begin():
+        other = rec.patient_for(s, header(PatientID="H9001", IssuerOfPatientID="OTHERHOSP"), {})
+        same = rec.patient_for(s, header(PatientID="H9001", IssuerOfPatientID="HOSP"), {})
+        unqualified = rec.patient_for(s, header(PatientID="H9001"), {})
+        names = other.name, same.name, unqualified.name
+    engine.dispose()
+    assert names == ("Hansen^Ola", "Hosp^Pasient", "Hosp^Pasient")
+
+
+def test_fhir_names_cannot_inject_pn_delimiters() -> None:
+    demo = to_demographics({"name": [{"family": "O^Brien=X", "given": ["Kari\\Mari", "Ås"]}]})
+    assert demo.name == "O Brien X^Kari Mari^Ås"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, UniqueConstraint, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -16,8 +16,27 @@ from storage.models import Hl7Message, Patient
 
 log = logging.getLogger("pacsbroker.hl7")
 
-UPDATES = {"A01", "A04", "A08", "A28", "A31"}
+UPDATES = {"A01", "A04", "A05", "A08", "A28", "A31"}
+# admit, register an outpatient, pre-admit: each brings the priors near for the visit
+ADMISSIONS = {"A01", "A04", "A05"}
 MERGES = {"A40", "A34"}
+_CONTROL_UNIQUE = next(
+    c
+    for c in cast(Table, Hl7Message.__table__).constraints
+    if isinstance(c, UniqueConstraint) and c.name == "uq_hl7_control"
+)
+
+
+def _is_replay(e: IntegrityError) -> bool:
+    """Whether the violated constraint is the one on (sender, control ID), that is a
+    concurrent copy of the message; any other violation means nothing was applied."""
+    diag = getattr(e.orig, "diag", None)
+    name = getattr(diag, "constraint_name", None)
+    if name:  # PostgreSQL names the constraint
+        return bool(name == _CONTROL_UNIQUE.name)
+    # SQLite names the columns: "UNIQUE constraint failed: hl7_messages.sender, ..."
+    columns = ", ".join(f"{Hl7Message.__tablename__}.{c.name}" for c in _CONTROL_UNIQUE.columns)
+    return str(e.orig).strip().endswith(f"constraint failed: {columns}")
 
 
 class Hl7Applier:
@@ -65,7 +84,11 @@ class Hl7Applier:
         except self.refusals as e:
             self._log_refusal(raw, Hl7Error("AE", str(e)), peer, msg)
             return ack(msg, "AE", str(e), app=self.app)
-        except IntegrityError:
+        except IntegrityError as e:
+            if not _is_replay(e):
+                reason = "not applied: " + str(e.orig).strip().splitlines()[0]
+                self._log_refusal(raw, Hl7Error("AE", reason), peer, msg)
+                return ack(msg, "AE", reason, app=self.app)
             # a concurrent connection applied the same control ID first
             return ack(msg, "AA", "duplicate: already applied", app=self.app)
         log.info(
@@ -119,7 +142,7 @@ class AdtApplier(Hl7Applier):
         if msg.trigger in UPDATES:
             patient = registry.apply_pas(session, msg.patient)
             detail = f"patient {patient.patient_id} updated"
-            if msg.trigger == "A01":  # an admission: bring the priors near the ward
+            if msg.trigger in ADMISSIONS:
                 queued = prefetch.queue_for(
                     session,
                     patient.id,

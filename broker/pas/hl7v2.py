@@ -11,18 +11,11 @@ from typing import Protocol
 
 import hl7
 
-from storage import nationalid
-from storage.demographics import (
-    NATIONAL_SYSTEMS,
-    OID_PREFIX,
-    Demographics,
-    Identifier,
-    national_system,
-)
+from storage import nationalid, registry
+from storage.demographics import Demographics, Identifier
 
-SUPPORTED = {"A01", "A04", "A08", "A28", "A31", "A34", "A40", "A47"}
+SUPPORTED = {"A01", "A04", "A05", "A08", "A28", "A31", "A34", "A40", "A47"}
 NEEDS_MRG = {"A34", "A40", "A47"}
-_NATIONAL_TYPES = {"FNR", "DNR", "HNR", "NNNOR"}
 _CHARSETS = {
     "8859/1": "latin-1",
     "ISO IR100": "latin-1",
@@ -95,11 +88,7 @@ def _msh_fields(raw: bytes) -> list[bytes]:
 
 def message_type(raw: bytes) -> str:
     """MSH-9.1 (ADT, ORM, ...) read from the raw bytes, for routing before a full parse."""
-    fields = _msh_fields(raw)
-    if len(fields) < 9:
-        return ""
-    comp = fields[1][:1] if fields[1] else b"^"
-    return fields[8].split(comp, 1)[0].decode("ascii", "replace").strip().upper()
+    return _raw_header(raw).message_type.upper()
 
 
 def _codec(raw: bytes) -> tuple[str, str]:
@@ -140,6 +129,8 @@ def get_field(
 def identifiers(
     msg: hl7.Message, seg: str, fld: int, where: str, allow_synthetic: bool
 ) -> tuple[Identifier, ...]:
+    """The CX repetitions of a field; national IDs (by OID, authority name or type code, or
+    11 digits with no authority) are validated, as at ingest."""
     try:
         reps = len(msg.segment(seg)[fld])
     except (KeyError, IndexError):
@@ -149,24 +140,18 @@ def identifiers(
         value = get_field(msg, seg, fld, r, 1)
         if not value:
             continue
-        oid = get_field(msg, seg, fld, r, 4, 2)
-        kind = get_field(msg, seg, fld, r, 4, 3)
-        namespace = get_field(msg, seg, fld, r, 4, 1)
-        id_type = get_field(msg, seg, fld, r, 5).upper()
-        if oid and kind.upper() == "ISO":
-            system = OID_PREFIX + oid
-        elif namespace:
-            system = "urn:ns:" + namespace  # a local namespace without an OID
-        else:
-            system = national_system(value, allow_synthetic=allow_synthetic) or ""
-        if system in NATIONAL_SYSTEMS.values() or id_type in _NATIONAL_TYPES:
-            try:
-                national = nationalid.parse(value, allow_synthetic=allow_synthetic)
-            except nationalid.InvalidNationalId as e:
-                raise Hl7Error("AE", f"{where}: {value} is not a valid national ID: {e}") from None
-            if system.startswith("urn:ns:") or not system:
-                system = NATIONAL_SYSTEMS[national.kind]
-        out.append(Identifier(system, value))
+        iso = get_field(msg, seg, fld, r, 4, 3).upper() == "ISO"
+        system = registry.issuer_system(
+            get_field(msg, seg, fld, r, 4, 1), get_field(msg, seg, fld, r, 4, 2) if iso else ""
+        )
+        national_type = nationalid.authority_kind(get_field(msg, seg, fld, r, 5)) is not None
+        try:
+            ident = registry.identifier(
+                value, system, national_type=national_type, allow_synthetic=allow_synthetic
+            )
+        except nationalid.InvalidNationalId as e:
+            raise Hl7Error("AE", f"{where}: {value} is not a valid national ID: {e}") from None
+        out.append(ident)
     return tuple(out)
 
 
@@ -181,36 +166,79 @@ def parse_date(value: str, where: str) -> str:
     return day
 
 
-def _header(msg: hl7.Message, charset_field: str, codec: str) -> Header:
+def _raw_header(raw: bytes, charset_field: str = "", codec: str = "") -> Header:
+    """The MSH fields an ACK echoes, read from the bytes (latin-1 until the codec is known) so
+    that even a message we cannot decode or parse is answered with its sender and control ID.
+    Values stay HL7-escaped as sent, which is how the ACK has to echo them."""
+    fields = [f.decode(codec or "latin-1", "replace").strip() for f in _msh_fields(raw)]
+    comp = fields[1][:1] if len(fields) > 1 and fields[1] else "^"
+
+    def msh(n: int, c: int = 1) -> str:
+        parts = fields[n - 1].split(comp) if len(fields) >= n else []
+        return parts[c - 1].strip() if len(parts) >= c else ""
+
     return Header(
-        sending_app=get_field(msg, "MSH", 3),
-        sending_facility=get_field(msg, "MSH", 4),
-        receiving_app=get_field(msg, "MSH", 5),
-        receiving_facility=get_field(msg, "MSH", 6),
-        control_id=get_field(msg, "MSH", 10),
-        message_type=get_field(msg, "MSH", 9, 1, 1),
-        trigger=get_field(msg, "MSH", 9, 1, 2),
-        version=get_field(msg, "MSH", 12) or "2.5",
-        processing_id=get_field(msg, "MSH", 11) or "P",
+        sending_app=msh(3),
+        sending_facility=msh(4),
+        receiving_app=msh(5),
+        receiving_facility=msh(6),
+        control_id=msh(10),
+        message_type=msh(9, 1),
+        trigger=msh(9, 2),
+        version=msh(12) or "2.5",
+        processing_id=msh(11) or "P",
         charset_field=charset_field,
-        codec=codec,
+        codec=codec or "utf-8",
     )
+
+
+def _hex_escapes(text: str, codec: str) -> str:
+    """Decode `\\Xhh..\\` as bytes in the message's character set (python-hl7 makes each byte
+    a code point, wrong for UTF-8) and drop the `\\H\\`/`\\N\\` highlighting (it would
+    become `_`); a delimiter that a hex sequence yields is escaped again."""
+    sep = text[3]
+    enc = text[4:].split(sep, 1)[0]
+    if len(enc) < 3:
+        return text
+    esc = enc[2]
+    again = {esc: "E", sep: "F", enc[0]: "S", enc[1]: "R", "\r": ".br", "\n": ".br"}
+    if len(enc) > 3:
+        again[enc[3]] = "T"
+
+    def decoded(m: re.Match[str]) -> str:
+        seq = m.group(1)
+        if seq in ("H", "N"):
+            return ""
+        if not seq.startswith("X"):
+            return m.group(0)
+        try:
+            chars = bytes.fromhex(seq[1:]).decode(codec, "replace")
+        except ValueError:
+            return ""  # malformed: dropped, as HL7 does with sequences it cannot read
+        return "".join(f"{esc}{again[c]}{esc}" if c in again else c for c in chars)
+
+    inside = re.escape(esc + sep) + "\r"
+    return re.sub(f"{re.escape(esc)}([^{inside}]*){re.escape(esc)}", decoded, text)
 
 
 def read(
     raw: bytes, types: Collection[str], triggers: Collection[str]
 ) -> tuple[hl7.Message, Header]:
     """Decode and parse one message (no MLLP framing) of an accepted MSH-9; else an Hl7Error."""
-    charset_field, codec = _codec(raw)
-    text, codec = _decode(raw, codec)
+    try:
+        charset_field, codec = _codec(raw)
+        text, codec = _decode(raw, codec)
+    except Hl7Error as e:
+        e.header = _raw_header(raw)
+        raise
+    h = _raw_header(raw, charset_field, codec)
     text = re.sub(r"\r\n|\n", "\r", text).strip("\r\x00 ")
     if not text.startswith("MSH") or len(text) < 8:
-        raise Hl7Error("AR", "not an HL7 v2 message: it must start with an MSH segment")
+        raise Hl7Error("AR", "not an HL7 v2 message: it must start with an MSH segment", h)
     try:
-        msg = hl7.parse(text)
+        msg = hl7.parse(_hex_escapes(text, codec))
     except Exception as e:
-        raise Hl7Error("AR", f"unparsable HL7: {e}") from None
-    h = _header(msg, charset_field, codec)
+        raise Hl7Error("AR", f"unparsable HL7: {e}", h) from None
     mtype = h.message_type
     if mtype not in types:
         raise Hl7Error("AR", f"MSH-9: message type {mtype or '(none)'} is not accepted here", h)
@@ -246,15 +274,12 @@ def patient_of(msg: hl7.Message, allow_synthetic: bool) -> Demographics:
     idents = identifiers(msg, "PID", 3, "PID-3", allow_synthetic)
     if not idents:
         raise Hl7Error("AE", "PID-3: no patient identifier")
-    parts = [get_field(msg, "PID", 5, 1, c) for c in (1, 2, 3)]
-    while parts and not parts[-1]:
-        parts.pop()
     sex = get_field(msg, "PID", 8).upper()
     if sex not in _SEX:
         raise Hl7Error("AE", f"PID-8: administrative sex {sex!r} is not in HL7 table 0001")
     return Demographics(
         identifiers=idents,
-        name="^".join(parts),
+        name=registry.person_name(get_field(msg, "PID", 5, 1, c) for c in (1, 2, 3)),
         birth_date=parse_date(get_field(msg, "PID", 7), "PID-7"),
         sex=_SEX[sex],
     )

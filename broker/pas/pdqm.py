@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 
+from storage import registry
 from storage.demographics import Demographics, Identifier
 
 log = logging.getLogger("pacsbroker.pas")
@@ -31,11 +32,9 @@ def to_demographics(resource: dict[str, Any]) -> Demographics:
     hn = next((n for n in names if n.get("use") == "official"), names[0])
     given = list(hn.get("given") or [])
     parts = [str(hn.get("family", "")), given[0] if given else "", " ".join(given[1:])]
-    while parts and not parts[-1]:
-        parts.pop()
     return Demographics(
         identifiers=idents,
-        name="^".join(parts),
+        name=registry.person_name(parts),
         birth_date=str(resource.get("birthDate", "")).replace("-", "")[:8],
         sex=_GENDER.get(str(resource.get("gender", "")), ""),
     )

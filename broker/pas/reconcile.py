@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from pydicom import Dataset
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.pas.pdqm import PasClient, PasUnavailable
 from storage import nationalid, registry
-from storage.demographics import OID_PREFIX, Demographics, Identifier, national_system
+from storage.demographics import Demographics, Identifier
 from storage.dicomheader import Header
 from storage.models import Patient, PatientStatus
 
 log = logging.getLogger("pacsbroker.pas")
-
-_OID = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
 
 
 @dataclass(frozen=True)
@@ -30,20 +28,29 @@ class Decision:
     reason: str = ""
 
 
+def header_issuer(h: Header) -> str:
+    """The identifier system of the header's issuer: Issuer of Patient ID, or the ISO
+    Universal Entity ID of its qualifiers, normalised as HL7 assigning authorities are."""
+    qualifiers = h.dataset.get("IssuerOfPatientIDQualifiersSequence") or [Dataset()]
+    item = qualifiers[0]
+    iso = str(item.get("UniversalEntityIDType", "")).strip().upper() in ("", "ISO")
+    universal = str(item.get("UniversalEntityID", "")).strip() if iso else ""
+    return registry.issuer_system(h.issuer, universal)
+
+
 def header_identifier(h: Header, *, allow_synthetic: bool) -> tuple[Identifier, str]:
     """The header's identifier, and why it is invalid ('' if it is not)."""
     value = h.patient_id.strip()
-    system = OID_PREFIX + h.issuer if _OID.match(h.issuer) else ""
+    system = header_issuer(h)
     if not value:
         return Identifier(system, value), "the object has no Patient ID"
-    if len(value) == 11 and value.isdigit():
-        # In Norway an 11-digit Patient ID is a national ID; a wrong one is a typing error.
-        try:
+    try:
+        if nationalid.looks_national(value):
+            # checked whatever the issuer says: in Norway a wrong one is a typing error
             nationalid.parse(value, allow_synthetic=allow_synthetic)
-        except nationalid.InvalidNationalId as e:
-            return Identifier(system, value), f"invalid national ID: {e}"
-        system = system or national_system(value, allow_synthetic=allow_synthetic) or ""
-    return Identifier(system, value), ""
+        return registry.identifier(value, system, allow_synthetic=allow_synthetic), ""
+    except nationalid.InvalidNationalId as e:
+        return Identifier(system, value), f"invalid national ID: {e}"
 
 
 class Reconciler:
@@ -91,7 +98,7 @@ class Reconciler:
             return known
         decision = decisions.get(ident) or self.lookup(ident)
         if decision.status is PatientStatus.VERIFIED and decision.demographics is not None:
-            patient = registry.apply_pas(session, decision.demographics)
+            patient = registry.apply_pas(session, decision.demographics, strict=False)
             if registry.find(session, ident) is None:
                 registry.add_identifiers(session, patient, [ident])
             return patient
@@ -127,7 +134,7 @@ class Reconciler:
                     patient.status_reason = f"Patient ID {patient.patient_id} is unknown to PAS"
                     log.warning("%s", patient.status_reason)
                     continue
-                target = registry.apply_pas(session, demo)
+                target = registry.apply_pas(session, demo, strict=False)
                 if target.id != patient.id:
                     registry.absorb(session, patient, target, "confirmed by PAS")
                 log.info("patient %s verified by PAS", target.patient_id)
