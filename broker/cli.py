@@ -126,47 +126,58 @@ def dicomize(
     """Turn files into DICOM objects for a registry/PAS patient and send them into the archive."""
     import tempfile
 
-    from broker.dicomize.batch import Upload, build, resolve_patient
+    from broker.dicomize.batch import Upload
     from broker.dicomize.common import Device, DicomizeError
+    from broker.dicomize.submit import Request, prepare
     from storage.archive import Archive
 
     s = _settings()
     archive = Archive(s, run_migrations=True)
+    req = Request(patient, system, accession, title, Device(manufacturer, model, station))
     try:
         with refused(DicomizeError, OSError, code=2):
-            uploads = [Upload(f.name, f.read_bytes()) for f in files]
-            pm = resolve_patient(archive, patient, system)
-            objects = build(
-                uploads,
-                pm,
-                uid_root=s.uid_root,
-                accession=accession,
-                title=title,
-                device=Device(manufacturer, model, station),
-            )
+            prepared = prepare(archive, [Upload(f.name, f.read_bytes()) for f in files], req)
     finally:
         archive.close()
     with tempfile.TemporaryDirectory() as tmp:
-        for i, ds in enumerate(objects):
-            ds.save_as(Path(tmp) / f"{i:04d}.dcm", enforce_file_format=True)
+        for i, (_, payload) in enumerate(prepared):
+            (Path(tmp) / f"{i:04d}.dcm").write_bytes(payload)
         if not _send(Path(tmp), _display_host(s), s.dicom_port, s.ae_title, DICOMIZE_AE):
             raise typer.Exit(1)
-    for f, ds in zip(files, objects, strict=True):
+    for f, (ds, _) in zip(files, prepared, strict=True):
         print(f"{f}\t{ds.StudyInstanceUID}\t{ds.SeriesInstanceUID}\t{ds.SOPInstanceUID}")
+
+
+def _not_ingested(session: Any, uids: list[str]) -> int:
+    """How many spooled records are neither indexed nor quarantined yet. A live broker keeps
+    ingested records until their segment is sealed, so counting records would overstate it."""
+    from sqlalchemy import select
+
+    from storage.catalog import existing
+    from storage.models import Quarantined
+
+    done: set[str] = set()
+    for i in range(0, len(uids), 500):
+        chunk = list(set(uids[i : i + 500]))
+        done.update(existing(session, chunk))
+        done.update(
+            session.scalars(select(Quarantined.sop_uid).where(Quarantined.sop_uid.in_(chunk)))
+        )
+    return sum(uid not in done for uid in uids)
 
 
 @app.command()
 def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """What the archive holds, what waits in the spool, and whether the server answers."""
     from storage.archive import Archive
-    from storage.spool import pending_files
+    from storage.spool import spooled_sop_uids
     from storage.stats import archive_counts
 
     s = _settings()
     archive = Archive(s, run_migrations=True)
     with archive.sessions() as session:
         counts = archive_counts(session)
-    spool_files = len(pending_files(s.spool_dir)) if s.spool_dir.exists() else 0
+        backlog = _not_ingested(session, spooled_sop_uids(s.spool_dir))
     try:
         r = httpx.get(f"http://{_display_host(s)}:{s.http_port}/healthz", timeout=2)
         http = "up" if r.status_code == 200 else f"HTTP {r.status_code}"

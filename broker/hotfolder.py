@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydicom.dataset import Dataset
+
 from broker.dicomize.batch import Upload
 from broker.dicomize.common import Device, DicomizeError
 from broker.dicomize.submit import Request, submit
@@ -164,44 +166,39 @@ class HotFolders:
         self._stop = threading.Event()
 
     def poll(self) -> int:
-        """One pass over all folders; returns how many files were filed."""
+        """One pass over all folders; returns how many files were filed. A folder that fails
+        (unreadable, removed) is logged and skipped, so it never stops the others."""
         filed = 0
         for w in self.watchers:
-            ready, refused = w.scan()
-            for path, sidecar, reason in refused:
-                w.fail(path, sidecar, reason)
-            batches: dict[Request, list[Ready]] = {}
-            for item in ready:
-                batches.setdefault(item.request, []).append(item)
-            for items in batches.values():
-                filed += self._file(w, items)
+            try:
+                filed += self._poll_folder(w)
+            except Exception:
+                log.exception("hot folder %s: pass failed", w.root)
         return filed
 
+    def _poll_folder(self, w: Watcher) -> int:
+        ready, refused = w.scan()
+        for path, sidecar, reason in refused:
+            w.fail(path, sidecar, reason)
+        batches: dict[Request, list[Ready]] = {}
+        for item in ready:
+            batches.setdefault(item.request, []).append(item)
+        return sum(self._file(w, items) for items in batches.values())
+
     def _file(self, w: Watcher, items: list[Ready]) -> int:
-        """Files of one request become one series; when one of them is refused, the others
-        are filed one by one so a bad file does not hold back the good ones."""
+        """Files of one request become one series per modality; when one of them is refused,
+        the others are filed one by one so a bad file does not hold back the good ones. An
+        unexpected error is that file's refusal too: left in place it would fail every pass."""
         try:
-            uploads = [Upload(i.path.name, i.path.read_bytes()) for i in items]
-            # the same files give the same UIDs: refiling after a crash makes no duplicates
-            digest = hashlib.sha256(str(w.root).encode())
-            for u in uploads:
-                digest.update(u.name.encode() + b"\0" + hashlib.sha256(u.data).digest())
-            objects = submit(
-                self.archive,
-                self.intake,
-                uploads,
-                dataclasses.replace(items[0].request, batch=digest.hexdigest()),
-                source=SOURCE_AE,
-                address=str(w.root),
-            )
+            objects = self._submit(w, items)
         except DicomizeError as e:
-            if len(items) > 1:
-                return sum(self._file(w, [i]) for i in items)
-            w.fail(items[0].path, items[0].sidecar, str(e))
-            return 0
+            return self._refused(w, items, str(e))
         except OSError as e:
             log.error("hot folder %s: %d files left in place: %s", w.root, len(items), e)
             return 0
+        except Exception as e:
+            log.exception("hot folder %s: unexpected error filing %d files", w.root, len(items))
+            return self._refused(w, items, f"unexpected error: {type(e).__name__}: {e}")
         for item, ds in zip(items, objects, strict=True):
             w.done(item)
             log.info(
@@ -213,12 +210,30 @@ class HotFolders:
             )
         return len(items)
 
+    def _refused(self, w: Watcher, items: list[Ready], reason: str) -> int:
+        if len(items) > 1:
+            return sum(self._file(w, [i]) for i in items)
+        w.fail(items[0].path, items[0].sidecar, reason)
+        return 0
+
+    def _submit(self, w: Watcher, items: list[Ready]) -> list[Dataset]:
+        uploads = [Upload(i.path.name, i.path.read_bytes()) for i in items]
+        # the same files give the same UIDs: refiling after a crash makes no duplicates
+        digest = hashlib.sha256(str(w.root).encode())
+        for u in uploads:
+            digest.update(u.name.encode() + b"\0" + hashlib.sha256(u.data).digest())
+        return submit(
+            self.archive,
+            self.intake,
+            uploads,
+            dataclasses.replace(items[0].request, batch=digest.hexdigest()),
+            source=SOURCE_AE,
+            address=str(w.root),
+        )
+
     def run(self, interval: float) -> None:
         while not self._stop.wait(interval):
-            try:
-                self.poll()
-            except Exception:
-                log.exception("hot folder pass failed")
+            self.poll()
 
     def stop(self) -> None:
         self._stop.set()

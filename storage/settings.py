@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from functools import cached_property
 from pathlib import Path
@@ -129,7 +130,9 @@ class Settings(BaseSettings):
         description="Seconds a storage commitment waits for an instance still on its way",
     )
     uid_root: str = Field(
-        default="", description="UID root for objects we create; empty = UUID-derived 2.25 UIDs"
+        default="",
+        description="UID root for objects we create (≤ 40 characters, with or without the "
+        "trailing dot); empty = UUID-derived 2.25 UIDs",
     )
     hotfolders: list[HotFolder] = Field(
         default_factory=list, description="Device drop folders to DICOM-ize (JSON list)"
@@ -192,6 +195,28 @@ class Settings(BaseSettings):
         v = v.strip()
         if not 0 < len(v) <= 16:
             raise ValueError("AE_TITLE has 1 to 16 characters")
+        return v
+
+    @field_validator("uid_root")
+    @classmethod
+    def _uid_root(cls, v: str) -> str:
+        """Ends in '.', as UID generators need; short enough that a UID under it keeps about
+        24 digits of uniqueness within the 64 characters a UID may have."""
+        v = v.strip()
+        if not v:
+            return v
+        v = v if v.endswith(".") else v + "."
+        # PS3.5 9.1: numbers without leading zeros, separated by dots
+        if not re.fullmatch(r"[0-2](\.(0|[1-9][0-9]*))*\.", v):
+            raise ValueError(
+                f"UID_ROOT {v!r} is not a UID prefix: numbers without leading zeros, "
+                "separated by dots (e.g. 1.2.826.0.1.3680043.10.1432)"
+            )
+        if len(v) > 40:
+            raise ValueError(
+                f"UID_ROOT {v!r} has {len(v)} characters; at most 40 leave room for unique "
+                "UIDs within 64"
+            )
         return v
 
     @cached_property

@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
@@ -375,6 +376,36 @@ _ORDER_STATUS = {
 }
 
 
+# PS3.4 Table F.7.2-1: what N-CREATE fixed and an N-SET may not change ("Not allowed")
+NOT_SETTABLE = frozenset(
+    Tag(keyword)
+    for keyword in (
+        "ScheduledStepAttributesSequence",
+        "PatientName",
+        "PatientID",
+        "IssuerOfPatientID",
+        "IssuerOfPatientIDQualifiersSequence",
+        "OtherPatientIDsSequence",
+        "PatientBirthDate",
+        "PatientSex",
+        "ReferencedPatientSequence",
+        "AdmissionID",
+        "IssuerOfAdmissionIDSequence",
+        "ServiceEpisodeID",
+        "IssuerOfServiceEpisodeIDSequence",
+        "ServiceEpisodeDescription",
+        "PerformedProcedureStepID",
+        "PerformedStationAETitle",
+        "PerformedStationName",
+        "PerformedLocation",
+        "PerformedProcedureStepStartDate",
+        "PerformedProcedureStepStartTime",
+        "Modality",
+        "StudyID",
+    )
+)
+
+
 class MppsProblem(StrEnum):
     """Why an MPPS change was refused (the SCP maps these to DIMSE status codes)."""
 
@@ -454,8 +485,24 @@ def mpps_create(session: Session, sop_uid: str, ds: Dataset, calling_ae: str) ->
     return MppsResult(row, orders)
 
 
+def _check_settable(changes: Dataset) -> None:
+    fixed = [elem.keyword or str(elem.tag) for elem in changes if elem.tag in NOT_SETTABLE]
+    if fixed:
+        raise MppsError(
+            MppsProblem.INVALID,
+            f"N-SET may not change {', '.join(fixed)} (PS3.4 Table F.7.2-1)",
+        )
+
+
+def _created_orders(session: Session, row: Mpps, created: Dataset) -> list[Order]:
+    """The orders N-CREATE found for the step, from its Scheduled Step Attributes Sequence,
+    which no N-SET can change; an unscheduled step stays unscheduled."""
+    return _scheduled_orders(session, created) if row.order_fk is not None else []
+
+
 def mpps_set(session: Session, sop_uid: str, changes: Dataset) -> MppsResult:
-    """N-SET: update a step in progress; COMPLETED or DISCONTINUED ends it and its orders."""
+    """N-SET: update a step in progress; COMPLETED or DISCONTINUED ends it and the orders it
+    was created for."""
     row = session.scalars(select(Mpps).where(Mpps.sop_uid == sop_uid)).first()
     if row is None:
         raise MppsError(MppsProblem.UNKNOWN, f"no MPPS {sop_uid}")
@@ -464,14 +511,15 @@ def mpps_set(session: Session, sop_uid: str, changes: Dataset) -> MppsResult:
             MppsProblem.FINAL,
             f"Performed Procedure Step is {row.status} and may no longer be updated",
         )
+    _check_settable(changes)
     new = _pps_status(changes, required=False) or row.status
     ds = Dataset.from_json(row.attrs)
+    orders = _created_orders(session, row, ds)
     for elem in changes:
         ds[elem.tag] = elem
     row.attrs = ds.to_json()
     row.status = new
     row.updated_at = utcnow()
-    orders = _scheduled_orders(session, ds)
     _follow(orders, new)
     session.flush()
     return MppsResult(row, orders)

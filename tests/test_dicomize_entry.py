@@ -4,18 +4,23 @@ archive, with PAS demographics, and clear refusals that leave nothing behind."""
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 
+from broker import hotfolder
 from broker.dicomize.batch import Upload, build
+from storage.settings import HotFolder
 from tests.conftest import Broker, free_port
 from tests.dciodvfy import errors as dciodvfy_errors
 from tests.dcmtk import findscu, movescu
-from tests.test_dicomize import PATIENT, encoded, pdf
+from tests.test_dicomize import PATIENT, encoded, grey_png, pdf, png_header
 from tests.test_dicomize_media import ecg_export, mp4, respiratory_modules_valid, spirometer_export
 from tests.test_dimse import counts, storescp, wait_instances
 from tests.test_pas import KARI, pas  # noqa: F401  (fixture)
@@ -34,8 +39,11 @@ BAD = [
     ("cut.jpg", JPEG[:700], "not a readable image"),
     ("fake.pdf", b"hello, not a pdf", "not a PDF"),
     ("empty.png", b"", "empty"),
+    ("bomb.png", png_header(18000, 10000), "too large to decode"),
+    ("wide.png", grey_png((70000, 20)), "Rows and Columns stop at 65535"),
     ("../../etc/passwd.jpg", JPEG, "not a plain file name"),
 ]
+IN_FOLDER = BAD[:-1]  # a file in a folder cannot have a path for a name
 
 
 @pytest.fixture
@@ -159,7 +167,7 @@ def test_hot_folders_file_ready_files_and_explain_refusals(
         (eye / name).write_bytes(data)
         (eye / f"{name}.json").write_text(json.dumps({"patient": KARI, "accession": "EYE9"}))
     (lab / f"{KARI}_LAB5_result.pdf").write_bytes(pdf())
-    for name, data, _ in BAD[:3]:
+    for name, data, _ in IN_FOLDER:
         (eye / name).write_bytes(data)
         (eye / f"{name}.json").write_text(json.dumps({"patient": KARI}))
     (eye / "stray.jpg").write_bytes(JPEG)
@@ -176,7 +184,7 @@ def test_hot_folders_file_ready_files_and_explain_refusals(
         p.name.removesuffix(".reason.txt"): p.read_text()
         for p in [*(eye / "error").glob("*.reason.txt"), *(lab / "error").glob("*.reason.txt")]
     }
-    for name, _, message in BAD[:3]:
+    for name, _, message in IN_FOLDER:
         assert message in reasons[name], reasons
     assert "not valid JSON" in reasons["stray.jpg"]
     assert "does not match" in reasons["nobody.pdf"]
@@ -202,3 +210,61 @@ def test_a_batch_sent_again_gives_the_same_objects() -> None:
     uids = [o.SOPInstanceUID for o in first]
     assert uids == [o.SOPInstanceUID for o in again] and len(set(uids)) == len(files)
     assert not set(uids) & {o.SOPInstanceUID for o in other}
+
+
+def test_each_modality_of_a_batch_is_its_own_series(tmp_path: Path) -> None:
+    """dcentvfy: Modality is a series attribute, so one upload of a PDF, waveforms and photos
+    gives one series per modality in the one study, the same ones when sent again."""
+    files = [Upload(n, d) for n, d in FILES.items()]
+    objects = build(files, PATIENT, uid_root="", accession="A1", batch="b1")
+    series: dict[str, set[str]] = {}
+    for o in objects:
+        series.setdefault(o.SeriesInstanceUID, set()).add(o.Modality)
+    assert sorted("/".join(m) for m in series.values()) == ["DOC", "ECG", "RESP", "XC"]
+    assert len({o.StudyInstanceUID for o in objects}) == 1
+    again = build(files, PATIENT, uid_root="", accession="A1", batch="b1")
+    assert [o.SeriesInstanceUID for o in again] == [o.SeriesInstanceUID for o in objects]
+    paths = []
+    for i, o in enumerate(objects):
+        paths.append(tmp_path / f"{i}.dcm")
+        o.save_as(paths[-1], enforce_file_format=True)
+    r = subprocess.run(["dcentvfy", *map(str, paths)], capture_output=True, text=True)
+    assert [x for x in (r.stdout + r.stderr).splitlines() if x.startswith("Error")] == []
+
+
+def ready(folder: Path, names: list[str]) -> None:
+    for name in names:
+        (folder / name).write_bytes(JPEG)
+        (folder / f"{name}.json").write_text(json.dumps({"patient": KARI}))
+
+
+def test_an_unexpected_error_refuses_that_file_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file whose conversion fails unexpectedly goes to error/ with the reason; it holds back
+    neither the other files of its batch nor other folders, nor does a broken folder."""
+
+    def fake_submit(archive, intake, uploads, req, **kw):
+        if any(u.name == "boom.jpg" for u in uploads):
+            raise RuntimeError("decoder crashed")
+        filed = [Dataset() for _ in uploads]
+        for i, ds in enumerate(filed):
+            ds.SOPInstanceUID = f"1.2.3.{i}"
+        return filed
+
+    monkeypatch.setattr(hotfolder, "submit", fake_submit)
+    a, gone, b = tmp_path / "a", tmp_path / "gone", tmp_path / "b"
+    folders = [HotFolder(path=p, settle=0, sidecar_wait=0) for p in (a, gone, b)]
+    watch = hotfolder.HotFolders(None, None, folders)  # type: ignore[arg-type]
+    ready(a, ["boom.jpg", "good.jpg"])
+    ready(b, ["other.jpg"])
+    shutil.rmtree(gone)  # the share went away after start-up
+    assert sum(watch.poll() for _ in range(3)) == 2  # files and sidecars settle first
+    assert (
+        "unexpected error: RuntimeError: decoder crashed"
+        in (a / "error" / "boom.jpg.reason.txt").read_text()
+    )
+    done = {p.name for p in (a / "done").rglob("*.jpg")} | {
+        p.name for p in (b / "done").rglob("*.jpg")
+    }
+    assert done == {"good.jpg", "other.jpg"}

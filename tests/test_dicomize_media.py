@@ -21,11 +21,10 @@ from pydicom import dcmread
 from pydicom.encaps import generate_frames
 from pydicom.uid import MPEG4HP41, MPEG4HP42STEREO, MPEG4HP422D, MPEG4HP423D, UID
 
-from broker.dicomize.batch import Upload, build
+from broker.dicomize.batch import Upload, build, part10
 from broker.dicomize.common import Device, DicomizeError
 from broker.dicomize.mp4 import Video
 from broker.dicomize.signalcsv import parse
-from broker.dicomize.submit import part10
 from broker.dicomize.video import transfer_syntax
 from broker.dicomize.waveform import infer_kind
 from storage.dicomheader import parse as parse_header

@@ -10,6 +10,7 @@ from pathlib import Path
 import hl7
 import httpx
 import pytest
+from pydantic import ValidationError
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import AE
@@ -26,6 +27,8 @@ from tests.conftest import Broker
 from tests.dcmtk import findscu
 from tools.pas_sim import adt_message, send
 from viewer.auth import issue_token, signing_key
+from viewer.orders import OrderIn
+from viewer.orders import _request as rest_request
 
 MPPS_CLASS = "1.2.840.10008.3.1.2.3.3"
 FNR = NATIONAL_SYSTEMS[IdKind.FNR]
@@ -134,7 +137,14 @@ def test_omg_o19_takes_timing_from_tq1() -> None:
     assert (m.trigger, m.header.message_type) == ("O19", "OMG")
     req = m.items[0].request
     assert req is not None
-    assert (req.scheduled_date, req.scheduled_time, req.priority) == (TOMORROW, "083015", "STAT")
+    here = local(f"{TOMORROW}083015", "+01:00")  # the worklist's times are the broker's
+    assert (req.scheduled_date, req.scheduled_time, req.priority) == (*here, "STAT")
+
+
+def local(stamp: str, zone: str) -> tuple[str, str]:
+    """(DA, TM) in this machine's zone of a YYYYMMDDHHMMSS in `zone`."""
+    there = dt.datetime.fromisoformat(f"{stamp[:8]}T{stamp[8:]}{zone}").astimezone()
+    return there.strftime("%Y%m%d"), there.strftime("%H%M%S")
 
 
 @pytest.mark.parametrize("control", ["CA", "DC", "SC"])
@@ -155,6 +165,7 @@ def test_status_controls_need_no_patient(control: str) -> None:
         (order_message("NW", "A1", start="", omit=()), "AE", "scheduled start"),
         (order_message("NW", "A1", start="2026130112"), "AE", "OBR-27.4"),
         (order_message("NW", "A1", patient="12345678901"), "AE", "national ID"),
+        (order_message("NW", "A1", modality=""), "AE", "OBR-24"),
         (order_message("NW", "A1").replace(b"ORM^O01", b"ORM^O19"), "AR", "ORM^O19"),
         (order_message("NW", "A1").replace(b"ORM^O01", b"ORU^R01"), "AR", "ORU"),
     ],
@@ -171,6 +182,26 @@ def test_routing_reads_the_message_type() -> None:
     assert message_type(order_message("NW", "A1")) == "ORM"
     assert message_type(order_message("NW", "A1", kind="OMG")) == "OMG"
     assert message_type(b"\x00garbage") == ""
+
+
+def rest_order(**kw: str) -> OrderIn:
+    body = {
+        "accession_number": "R9",
+        "patient": {"id": OLE},
+        "scheduled_start": "2026-12-07T10:30:00",
+        "modality": "CT",
+    }
+    return OrderIn.model_validate(body | kw)
+
+
+def test_rest_orders_need_a_modality_and_keep_the_zone() -> None:
+    for modality in ("", " "):
+        with pytest.raises(ValidationError, match="modality"):
+            rest_order(modality=modality)
+    req = rest_request(rest_order(scheduled_start="2026-12-07T10:30:00+05:00"), True)
+    assert (req.scheduled_date, req.scheduled_time) == local("20261207103000", "+05:00")
+    req = rest_request(rest_order(), True)  # no zone: the local time as given
+    assert (req.scheduled_date, req.scheduled_time) == ("20261207", "103000")
 
 
 # --- orders and matching in the index ---------------------------------------------------
@@ -306,6 +337,39 @@ def test_mpps_state_machine(session: Session) -> None:
     assert worklist.mpps_create(session, "1.2.9.4", unscheduled, "CT1").orders == []
 
 
+def test_mpps_set_cannot_move_a_step_to_another_order(session: Session) -> None:
+    started, _ = worklist.place(session, request("S1"), source="rest", uid_root="")
+    other, _ = worklist.place(session, request("S2"), source="rest", uid_root="")
+    create = Dataset()
+    create.PerformedProcedureStepStatus = "IN PROGRESS"
+    create.PatientID = ASE
+    ref = Dataset()
+    ref.StudyInstanceUID, ref.AccessionNumber = started.study_uid, "S1"
+    create.ScheduledStepAttributesSequence = [ref]
+    worklist.mpps_create(session, "1.2.9.10", create, "CT1")
+    for attrs in (
+        {"ScheduledStepAttributesSequence": [Dataset()]},
+        {"PatientID": OLE},
+        {"PerformedProcedureStepStartTime": "120000", "Modality": "MR"},
+    ):
+        change = Dataset()
+        change.PerformedProcedureStepStatus = "COMPLETED"
+        for k, v in attrs.items():
+            setattr(change, k, v)
+        if "ScheduledStepAttributesSequence" in attrs:
+            change.ScheduledStepAttributesSequence[0].StudyInstanceUID = other.study_uid
+        with pytest.raises(worklist.MppsError, match="may not change") as err:
+            worklist.mpps_set(session, "1.2.9.10", change)
+        assert err.value.problem is worklist.MppsProblem.INVALID
+        assert all(k in str(err.value) for k in attrs)
+    assert (started.status, other.status) == (OrderStatus.IN_PROGRESS, OrderStatus.SCHEDULED)
+    done = Dataset()
+    done.PerformedProcedureStepStatus = "COMPLETED"
+    done.PerformedProcedureStepEndTime = "121500"
+    assert worklist.mpps_set(session, "1.2.9.10", done).orders == [started]
+    assert (started.status, other.status) == (OrderStatus.COMPLETED, OrderStatus.SCHEDULED)
+
+
 # --- against the running broker ---------------------------------------------------------
 
 
@@ -423,6 +487,8 @@ def test_hl7_orders_on_the_worklist_until_mpps_ends_them(broker: Broker) -> None
     assert mpps(broker, "CT1", uid, step("IN PROGRESS", first), create=True) == 0
     assert mpps(broker, "CT1", uid, step("IN PROGRESS", first), create=True) == 0x0111
     assert "W1" in [str(i.AccessionNumber) for i in worklist_for(broker, "CT1")]
+    # N-SET may not point the step at another order (PS3.4 Table F.7.2-1)
+    assert mpps(broker, "CT1", uid, step("COMPLETED", items[2]), create=False) == 0x0106
     assert mpps(broker, "CT1", uid, step("COMPLETED"), create=False) == 0
     assert [str(i.AccessionNumber) for i in worklist_for(broker, "CT1")] == ["W5", "W2"]
     assert mpps(broker, "CT1", uid, step("DISCONTINUED"), create=False) == 0x0110

@@ -42,8 +42,10 @@ class OrderIn(BaseModel):
     accession_number: str = Field(min_length=1, max_length=16)
     accession_issuer: str = Field(default="", max_length=64)
     patient: PatientIn
-    scheduled_start: dt.datetime = Field(description="Local date and time of the step")
-    modality: str = Field(max_length=16)
+    scheduled_start: dt.datetime = Field(
+        description="Date and time of the step: local, or with a zone offset"
+    )
+    modality: str = Field(pattern=r"^[A-Za-z0-9_]+$", max_length=16)
     station_ae: str = Field(default="", max_length=16)
     station_name: str = Field(default="", max_length=16)
     placer_order_number: str = Field(default="", max_length=64)
@@ -112,6 +114,8 @@ def _identifier(p: PatientIn, allow_synthetic: bool) -> Identifier:
 def _request(body: OrderIn, allow_synthetic: bool) -> worklist.OrderRequest:
     p = body.patient
     start = body.scheduled_start
+    if start.tzinfo is not None:  # the worklist's dates and times are the broker's local ones
+        start = start.astimezone()
     return worklist.OrderRequest(
         patient=Demographics((_identifier(p, allow_synthetic),), p.name, p.birth_date, p.sex),
         accession_number=body.accession_number,

@@ -23,6 +23,7 @@ Uploader = Annotated[Caller, Depends(requires(UPLOADERS, "uploading files"))]
 class Created(BaseModel):
     file: str
     sop_class_uid: str
+    series_uid: str  # one series per modality, so files of one upload may differ
     sop_instance_uid: str
 
 
@@ -110,7 +111,10 @@ def router(archive: Archive, trail: AuditTrail, intake: Intake | None) -> APIRou
             series_uid=str(first.SeriesInstanceUID),
             instances=[
                 Created(
-                    file=u.name, sop_class_uid=ds.SOPClassUID, sop_instance_uid=ds.SOPInstanceUID
+                    file=u.name,
+                    sop_class_uid=ds.SOPClassUID,
+                    series_uid=ds.SeriesInstanceUID,
+                    sop_instance_uid=ds.SOPInstanceUID,
                 )
                 for u, ds in zip(uploads, objects, strict=True)
             ],

@@ -3,6 +3,7 @@ objects built before any is sent, so a bad file leaves nothing half-filed."""
 
 from __future__ import annotations
 
+import io
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,4 +91,25 @@ def build(
                 raise DicomizeError(f"unsupported file type {suffix or '(none)'}")
         except DicomizeError as e:
             raise DicomizeError(f"{name}: {e}") from None
+    return out
+
+
+def part10(ds: Dataset) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def encode(files: list[Upload], objects: list[Dataset]) -> list[bytes]:
+    """Each object as a Part 10 file; a value DICOM cannot encode (e.g. a US over 65535) is a
+    refusal naming the file, like any other bad input, not a failure of the spool."""
+    out = []
+    for f, ds in zip(files, objects, strict=True):
+        try:
+            out.append(part10(ds))
+        # written to memory, so no failure here is I/O (pydicom reports bad values as
+        # OSError, ValueError or struct.error); its first line names the tag and the value
+        except Exception as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise DicomizeError(f"{f.name}: cannot be encoded as DICOM: {reason}") from None
     return out

@@ -31,8 +31,9 @@ class Device:
 class Placement:
     """Who the object is about and where it is filed.
 
-    Grouping (docs/dicomize.md): an accession number makes the study; one upload batch makes
-    one series; without an accession, objects of one patient, device and day share a study.
+    Grouping (docs/dicomize.md): an accession number makes the study; the objects of one
+    modality in one upload batch make one series; without an accession, objects of one
+    patient, device and day share a study.
     """
 
     patient: PatientModule
@@ -56,14 +57,15 @@ class Placement:
         day = self.when.strftime("%Y%m%d")
         return self._uid("study", self.patient.patient_id, self.device.station, day)
 
-    @property
-    def series_uid(self) -> str:
-        return self._uid("series", self.study_uid, self.batch)
+    def series_uid(self, modality: str) -> str:
+        """One series per modality in a batch: Modality is a series attribute (PS3.3 C.7.3.1),
+        so a PDF and a photo of one upload cannot share a series."""
+        return self._uid("series", self.study_uid, self.batch, modality)
 
-    def instance_uid(self, number: int) -> str:
+    def instance_uid(self, modality: str, number: int) -> str:
         """Repeatable per batch: a batch sent again after a crash yields the same objects,
         which the archive recognises as duplicates instead of filing twice."""
-        return self._uid("instance", self.series_uid, str(number))
+        return self._uid("instance", self.series_uid(modality), str(number))
 
 
 def base(sop_class: str, modality: str, place: Placement, number: int) -> Dataset:
@@ -71,7 +73,7 @@ def base(sop_class: str, modality: str, place: Placement, number: int) -> Datase
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 192"
     ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = place.instance_uid(number)
+    ds.SOPInstanceUID = place.instance_uid(modality, number)
     p = place.patient
     ds.PatientName = p.name
     ds.PatientID = p.patient_id
@@ -86,7 +88,7 @@ def base(sop_class: str, modality: str, place: Placement, number: int) -> Datase
     ds.StudyID = (place.accession or place.when.strftime("%y%m%d"))[:16]
     ds.AccessionNumber = place.accession
     ds.Modality = modality
-    ds.SeriesInstanceUID = place.series_uid
+    ds.SeriesInstanceUID = place.series_uid(modality)
     ds.SeriesNumber = 1
     ds.InstanceNumber = number
     ds.Manufacturer = place.device.manufacturer

@@ -1,18 +1,19 @@
-"""One DICOM-ization request from any entry point (HTTP upload, hot folder): patient from the
-registry or PAS, every file built, then every object spooled like a C-STORE."""
+"""One DICOM-ization request from any entry point (CLI, HTTP upload, hot folder): patient from
+the registry or PAS, the worklist order's study, every file built, then every object spooled
+like a C-STORE (the CLI sends them over C-STORE instead)."""
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
 
-from broker.dicomize.batch import Upload, build, resolve_patient
+from broker.dicomize.batch import Upload, build, encode, resolve_patient
 from broker.dicomize.common import Device, DicomizeError
 from storage import worklist
 from storage.archive import Archive
 from storage.intake import Intake
+from storage.patientmodule import PatientModule
 
 
 @dataclass(frozen=True)
@@ -27,10 +28,36 @@ class Request:
     batch: str = ""  # names the upload; the same batch gives the same UIDs
 
 
-def part10(ds: Dataset) -> bytes:
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+def ordered_study(archive: Archive, accession: str, patient: PatientModule) -> str:
+    """The Study Instance UID of the worklist order with this accession number, or '' when
+    there is none; an order of another patient is refused."""
+    with archive.sessions() as session:
+        order = worklist.order_by_accession(session, accession) if accession else None
+        if order is None:
+            return ""
+        if order.patient_id != patient.patient_id:
+            raise DicomizeError(f"accession number {accession} is an order for another patient")
+        return order.study_uid
+
+
+def prepare(archive: Archive, files: list[Upload], req: Request) -> list[tuple[Dataset, bytes]]:
+    """Every file built and encoded, with its Part 10 bytes, before anything is sent (raises
+    DicomizeError naming the file); the CLI, uploads and hot folders all come through here."""
+    if not files:
+        raise DicomizeError("no files given")
+    patient = resolve_patient(archive, req.patient_id.strip(), req.system.strip())
+    accession = req.accession.strip()
+    objects = build(
+        files,
+        patient,
+        uid_root=archive.settings.uid_root,
+        accession=accession,
+        title=req.title,
+        device=req.device,
+        batch=req.batch,
+        ordered_study=ordered_study(archive, accession, patient),
+    )
+    return list(zip(objects, encode(files, objects), strict=True))
 
 
 def submit(
@@ -44,31 +71,7 @@ def submit(
 ) -> list[Dataset]:
     """Build all objects before spooling any, so a bad file leaves nothing in the archive
     (raises DicomizeError naming the file)."""
-    if not files:
-        raise DicomizeError("no files given")
-    patient = resolve_patient(archive, req.patient_id.strip(), req.system.strip())
-    accession = req.accession.strip()
-    ordered_study = ""
-    if accession:
-        with archive.sessions() as session:
-            order = worklist.order_by_accession(session, accession)
-            if order is not None:
-                if order.patient_id != patient.patient_id:
-                    raise DicomizeError(
-                        f"accession number {accession} is an order for another patient"
-                    )
-                ordered_study = order.study_uid
-    objects = build(
-        files,
-        patient,
-        uid_root=archive.settings.uid_root,
-        accession=accession,
-        title=req.title,
-        device=req.device,
-        batch=req.batch,
-        ordered_study=ordered_study,
-    )
-    encoded = [part10(ds) for ds in objects]
-    for payload in encoded:
+    prepared = prepare(archive, files, req)
+    for _, payload in prepared:
         intake.accept(payload, source=source[:64], address=address)
-    return objects
+    return [ds for ds, _ in prepared]

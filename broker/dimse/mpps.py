@@ -1,7 +1,8 @@
 """Modality Performed Procedure Step SCP (PS3.4 F.7): N-CREATE and N-SET move the orders.
 
 IN PROGRESS starts the ordered step; COMPLETED or DISCONTINUED ends it, and the order drops
-off the worklist. A step that has ended can no longer be changed (0x0110).
+off the worklist. A step that has ended can no longer be changed (0x0110); an N-SET of what
+N-CREATE fixed (the scheduled step, patient, start, station: PS3.4 Table F.7.2-1) gets 0x0106.
 """
 
 from __future__ import annotations

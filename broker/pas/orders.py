@@ -5,6 +5,7 @@ Field mapping is documented in docs/worklist.md; PID is read exactly as for ADT.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import re
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ ORDER_STATUS = {
 PRIORITY = {"S": "STAT", "A": "HIGH", "P": "HIGH", "C": "HIGH", "T": "HIGH", "R": "ROUTINE"}
 _UID = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
 _CLOCK = re.compile(r"(([01]\d|2[0-3])([0-5]\d([0-5]\d)?)?)?")
+_ZONE = re.compile(r"([+-])(\d\d)(\d\d)$")
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,20 @@ def _start(r: _Reader) -> tuple[str, str]:
     clock = stamp[8:14]
     if not _CLOCK.fullmatch(clock):
         raise Hl7Error("AE", f"{where}: {value!r} is not a time stamp (YYYYMMDD[HHMM[SS]])")
-    return day, clock
+    return _local(day, clock, value)
+
+
+def _local(day: str, clock: str, value: str) -> tuple[str, str]:
+    """The start in the broker's zone when the TS names its own (+HHMM): the worklist's dates
+    and times are local, and a modality compares them with its own clock."""
+    zone = _ZONE.search(value)
+    if zone is None or not clock:
+        return day, clock
+    offset = dt.timedelta(hours=int(zone[2]), minutes=int(zone[3]))
+    there = dt.timezone(offset if zone[1] == "+" else -offset)
+    start = dt.datetime.strptime(day + clock.ljust(6, "0"), "%Y%m%d%H%M%S").replace(tzinfo=there)
+    here = start.astimezone()
+    return here.strftime("%Y%m%d"), here.strftime("%H%M%S")[: len(clock)]
 
 
 def _item(r: _Reader, patient: Demographics | None) -> OrderItem:
@@ -161,6 +176,9 @@ def _item(r: _Reader, patient: Demographics | None) -> OrderItem:
     if not r.group.obr:
         raise Hl7Error("AE", f"ORC-1 {control}: the order has no OBR segment")
     day, clock = _start(r)
+    modality = r.get("OBR", 24).upper()
+    if not modality:
+        raise Hl7Error("AE", "OBR-24: no modality; the worklist item needs one (DICOM type 1)")
     code = worklist.Code(r.get("OBR", 4, 1), r.get("OBR", 4, 3), r.get("OBR", 4, 2))
     description = code.meaning or code.code
     study_uid = r.get("ZDS", 1)
@@ -179,7 +197,7 @@ def _item(r: _Reader, patient: Demographics | None) -> OrderItem:
         sps_description=description,
         station_ae=r.get("ORC", 18, 1),
         station_name=r.get("ORC", 18, 2),
-        modality=r.get("OBR", 24).upper(),
+        modality=modality,
         scheduled_date=day,
         scheduled_time=clock,
         performing_physician=r.person("OBR", 34),
