@@ -97,7 +97,10 @@ def find_order(
 def patient_for(session: Session, demo: Demographics) -> Patient:
     """The registry patient an order is for: PAS data wins for a known patient; an unknown one
     is created as verified, as an ADT message would (the order placer is fed by PAS)."""
-    known = registry.find_any(session, demo.identifiers)
+    try:
+        known = registry.holder(session, demo.identifiers)
+    except registry.RegistryError as e:
+        raise WorklistError(str(e)) from None
     if known is None:
         return registry.apply_pas(session, demo)
     if known.status == PatientStatus.QUARANTINED:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from collections.abc import Iterator
@@ -259,6 +260,17 @@ def test_place_is_idempotent_and_pas_demographics_win(session: Session) -> None:
         worklist.place(session, request("B2"), source="hl7", uid_root="", must_exist=True)
     with pytest.raises(worklist.WorklistError, match="belongs to patient"):
         worklist.place(session, request("B1", patient=OLE), source="hl7", uid_root="")
+
+
+def test_an_order_never_takes_identifiers_from_another_patient(session: Session) -> None:
+    registry.apply_pas(session, Demographics((Identifier(FNR, ASE),), "Ødegård^Åse", "", "F"))
+    registry.apply_pas(session, Demographics((Identifier("urn:ns:HOSP", "H77"),), "Olsen^Ole"))
+    both = (Identifier(FNR, ASE), Identifier("urn:ns:HOSP", "H77"))
+    req = dataclasses.replace(request("B9"), patient=Demographics(both, "Ødegård^Åse"))
+    with pytest.raises(worklist.WorklistError, match="different patients"):
+        worklist.place(session, req, source="hl7", uid_root="")
+    ole = registry.find(session, Identifier("urn:ns:HOSP", "H77"))
+    assert ole is not None and ole.name == "Olsen^Ole"
 
 
 def test_mwl_matching(session: Session) -> None:

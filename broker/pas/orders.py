@@ -118,9 +118,7 @@ class _Reader:
         if not parts[0]:
             only = self.get(seg, fld, 1)
             parts = [only if not only.isdigit() else ""]
-        while parts and not parts[-1]:
-            parts.pop()
-        return "^".join(parts)
+        return registry.person_name(parts)
 
 
 def _start(r: _Reader) -> tuple[str, str]:
