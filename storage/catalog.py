@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from sqlalchemy import select
@@ -15,6 +15,7 @@ from storage import registry, removal
 from storage.demographics import Demographics, Identifier
 from storage.dicomheader import Header
 from storage.models import Conflict, Instance, Patient, PatientStatus, Quarantined, Series, Study
+from storage.query import normalise_pn
 
 
 class Outcome(StrEnum):
@@ -105,6 +106,15 @@ def _series_id(session: Session, h: Header, study_fk: int, cache: dict[str, int]
 PatientOf = Callable[[Session, Header], Patient]
 
 
+def _indexed(h: Header) -> Header:
+    """The header with its person names as the index keeps and matches them."""
+    return replace(
+        h,
+        patient_name=normalise_pn(h.patient_name),
+        referring_physician=normalise_pn(h.referring_physician),
+    )
+
+
 def header_patient(session: Session, h: Header) -> Patient:
     """Without reconciliation: the patient as the header has it (tools and tests)."""
     demo = Demographics((Identifier("", h.patient_id),), h.patient_name, h.birth_date, h.sex)
@@ -124,7 +134,7 @@ def file_instances(
     series: dict[str, int] = {}
     out: list[Outcome] = []
     for a in items:
-        h = a.header
+        h = _indexed(a.header)
         if h.sop_uid in removed:  # a spool replay of what retention deleted since: stays deleted
             removal.discard(session, a.object_key)
             out.append(Outcome.DUPLICATE)

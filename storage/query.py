@@ -219,7 +219,12 @@ def sql_condition(col: Any, key: Key, pn_ci: bool) -> ColumnElement[bool] | None
         return col.in_(uids) if len(uids) > 1 else col == uids[0]
     if key.vr in ("DA", "TM") and "-" in v:
         lo, hi = _range_bounds(key.vr, v)
-        conds = [c for c in (col >= lo if lo else None, col <= hi if hi else None) if c is not None]
+        # a range matches only non-empty values (PS3.4 C.2.2.2.5), yet '' sorts below any bound
+        conds = [col.is_not(None), col != ""]
+        if lo:
+            conds.append(col >= lo)
+        if hi:
+            conds.append(col <= hi)
         return and_(*conds)
     if key.vr == "TM":
         return and_(col >= normalise_time(v), col <= _time_upper(v))
@@ -229,15 +234,37 @@ def sql_condition(col: Any, key: Key, pn_ci: bool) -> ColumnElement[bool] | None
     return _single(col, v, key.vr, pn_ci)
 
 
+def normalise_pn(name: str) -> str:
+    """A person name without trailing empty components or groups: `OB^^^^` is `OB`."""
+    return "=".join(group.rstrip("^") for group in name.split("=")).rstrip("=")
+
+
+def _is_pattern(v: str) -> bool:
+    return "*" in v or "?" in v
+
+
 def _single(col: Any, v: str, vr: str, pn_ci: bool) -> ColumnElement[bool]:
+    if vr == "PN" and not _is_pattern(v):
+        v = normalise_pn(v)  # names are indexed normalised
     ci = vr == "PN" and pn_ci
     target, value = (func.lower(col), v.lower()) if ci else (col, v)
-    if "*" in v or "?" in v:
+    if _is_pattern(v):
         return target.like(_like(value), escape="\\")
     return target == value
 
 
-def _py_match(actual: str, key: Key) -> bool:
+def _pn_forms(
+    alternatives: list[str], values: list[str], pn_ci: bool
+) -> tuple[list[str], list[str]]:
+    """Person names compared as the index compares them: normalised, case folded if asked."""
+    alts = [a if _is_pattern(a) else normalise_pn(a) for a in alternatives]
+    vals = [normalise_pn(v) for v in values]
+    if pn_ci:
+        return [a.lower() for a in alts], [v.lower() for v in vals]
+    return alts, vals
+
+
+def _py_match(actual: str, key: Key, pn_ci: bool) -> bool:
     v = key.value
     if key.vr == "UI":
         return actual in [u.strip() for u in v.split("\\")]
@@ -245,8 +272,10 @@ def _py_match(actual: str, key: Key) -> bool:
         lo, hi = _range_bounds(key.vr, v)
         a = normalise_time(actual) if key.vr == "TM" else actual
         return bool(a) and (lo is None or a >= lo) and (hi is None or a <= hi)
-    alternatives = v.split("\\") if "\\" in v else [v]
+    alternatives = v.split("\\")
     values = actual.split("\\") if actual else [""]
+    if key.vr == "PN":
+        alternatives, values = _pn_forms(alternatives, values, pn_ci)
     for alt in alternatives:
         rx = re.compile(
             "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in alt), re.S
@@ -280,8 +309,11 @@ class Hit:
         return self._attrs[level]
 
 
-# Instances withdrawn by an IOCM rejection note are invisible to clinical reads.
+# Instances withdrawn by an IOCM rejection note are invisible to clinical reads, and so are
+# series and studies left with none other.
 NOT_REJECTED = ~exists().where(Rejection.sop_uid == Instance.sop_uid)
+SERIES_VISIBLE = exists().where(Instance.series_fk == Series.id, NOT_REJECTED)
+STUDY_VISIBLE = exists().where(Series.study_fk == Study.id, SERIES_VISIBLE)
 
 
 def _base_select(level: Level) -> Select[*tuple[Any, ...]]:
@@ -290,9 +322,14 @@ def _base_select(level: Level) -> Select[*tuple[Any, ...]]:
     if level is Level.PATIENT:
         sel = select(Patient)
     elif level is Level.STUDY:
-        sel = select(Patient, Study).join(Study.patient)
+        sel = select(Patient, Study).join(Study.patient).where(STUDY_VISIBLE)
     elif level is Level.SERIES:
-        sel = select(Patient, Study, Series).join(Study.patient).join(Study.series)
+        sel = (
+            select(Patient, Study, Series)
+            .join(Study.patient)
+            .join(Study.series)
+            .where(SERIES_VISIBLE)
+        )
     else:
         sel = (
             select(Patient, Study, Series, Instance)
@@ -327,6 +364,7 @@ class Matcher:
                     exists().where(
                         Series.study_fk == Study.id,
                         or_(*(_single(Series.modality, m, "CS", False) for m in mods)),
+                        SERIES_VISIBLE,
                     )
                 )
             elif key.tag not in COMPUTED and _DEPTH[tag_level(key.tag)] <= depth:
@@ -360,7 +398,7 @@ class Matcher:
                 )
             except Exception:
                 actual = ""
-            if not _py_match(actual.strip(), key):
+            if not _py_match(actual.strip(), key, self.pn_ci):
                 return False
         return True
 
@@ -433,7 +471,7 @@ def _counts(session: Session, level: Level, ids: list[int]) -> dict[int, dict[st
         for sid, mod in session.execute(
             select(Series.study_fk, Series.modality)
             .distinct()
-            .where(Series.study_fk.in_(ids))
+            .where(Series.study_fk.in_(ids), SERIES_VISIBLE)
             .order_by(Series.modality)
         ):
             if mod:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
@@ -382,3 +383,124 @@ def test_sigterm_stops_every_process(broker_factory) -> None:
         while time.time() < deadline:  # exited children are reaped by init shortly after
             os.killpg(b.proc.pid, 0)
             time.sleep(0.2)
+
+
+def _retrieve(port: int, aet: str, level: str, dest: str = "", **keys: str) -> list[Dataset]:
+    """The response statuses of one C-MOVE to `dest` (C-GET without one), from pynetdicom."""
+    from pynetdicom.sop_class import (
+        StudyRootQueryRetrieveInformationModelGet,
+        StudyRootQueryRetrieveInformationModelMove,
+    )
+
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = level
+    for keyword, value in keys.items():
+        setattr(identifier, keyword, value)
+    model = (
+        StudyRootQueryRetrieveInformationModelMove
+        if dest
+        else StudyRootQueryRetrieveInformationModelGet
+    )
+    ae = AE(aet)
+    ae.add_requested_context(model)
+    assoc = ae.associate("127.0.0.1", port, ae_title="PACSBROKER")
+    assert assoc.is_established
+    try:
+        rsps = (
+            assoc.send_c_move(identifier, dest, model)
+            if dest
+            else assoc.send_c_get(identifier, model)
+        )
+        return [status for status, _ in rsps]
+    finally:
+        assoc.release()
+
+
+def test_retrieve_refuses_before_the_destination_and_needs_unique_keys(
+    broker_factory, tmp_path: Path
+) -> None:
+    down = free_port()  # the move destination is in the peer table, but nothing listens
+    table = [*json.loads(peers(down)), {"ae": "NORETRIEVE", "retrieve": False}]
+    b = broker_factory({"PACSBROKER_PEERS": json.dumps(table)}).start()
+    files = sorted((SAMPLES / "kari-ct").glob("ct-s[12]-*.dcm"))
+    assert storescu(b.dicom_port, files).returncode == 0
+    wait_instances(b, len(files))
+    study = str(dcmread(files[0]).StudyInstanceUID)
+    series = sorted({str(dcmread(f).SeriesInstanceUID) for f in files})
+
+    refusals = [
+        ("NORETRIEVE", "STUDY", {"StudyInstanceUID": study}, 0x0124),
+        ("MOVESCU", "STUDY", {"PatientName": "*"}, 0xA900),
+        ("MOVESCU", "STUDY", {"StudyInstanceUID": "*"}, 0xA900),
+        ("MOVESCU", "SERIES", {"StudyInstanceUID": study}, 0xA900),
+    ]
+    for aet, level, keys, code in refusals:
+        for dest in ("STORESCP", ""):
+            (final,) = _retrieve(b.dicom_port, aet, level, dest, **keys)
+            assert final.Status == code and final.ErrorComment, (aet, keys, dest, final)
+            assert final.get("NumberOfFailedSuboperations", 0) == 0, (aet, keys, dest, final)
+            assert final.get("NumberOfCompletedSuboperations", 0) == 0
+    (final,) = _retrieve(b.dicom_port, "MOVESCU", "STUDY", "STORESCP", StudyInstanceUID=study)
+    assert final.Status == 0xA801, "an allowed move to a destination that is down"
+    (final,) = _retrieve(b.dicom_port, "MOVESCU", "STUDY", "NOWHERE", StudyInstanceUID=study)
+    assert final.Status == 0xA801
+
+    fetched = getscu(
+        b.dicom_port,
+        tmp_path / "got",
+        QueryRetrieveLevel="SERIES",
+        StudyInstanceUID=study,
+        SeriesInstanceUID="\\".join(series),
+    )
+    assert len(fetched) == len(files)
+
+
+def _non_loopback_address() -> str | None:
+    """This host's address on its default route, if it has one (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))
+        except OSError:
+            return None
+        return str(s.getsockname()[0])
+
+
+def test_demo_default_rejects_unknown_callers_from_other_hosts_at_association(
+    tmp_path: Path,
+) -> None:
+    from pynetdicom import evt
+
+    from broker.dimse.access import AccessPolicy
+    from storage.settings import Peer, Settings
+
+    policy = AccessPolicy(Settings(data_dir=tmp_path))
+    assert policy.admits("STRANGER", "127.0.0.1") and policy.admits("STRANGER", "127.0.0.2")
+    assert not policy.admits("STRANGER", "192.0.2.7")
+    quiet = Peer(ae="QUIET", store=False, query=False, retrieve=False)
+    closed = AccessPolicy(Settings(data_dir=tmp_path, peers=[quiet]))
+    assert closed.admits("QUIET", "192.0.2.7"), "a known peer may at least echo"
+    assert not closed.admits("STRANGER", "127.0.0.1")
+
+    # 127.0.0.2 is loopback too, so another host is this host's own non-loopback address
+    address = _non_loopback_address()
+    if address is None:
+        pytest.skip("no non-loopback address to call from")
+    port = free_port()
+    ae = AE("PACSBROKER")
+    ae.add_supported_context(Verification)
+    server = ae.start_server(
+        ("", port),
+        block=False,
+        evt_handlers=[
+            (evt.EVT_REQUESTED, policy.screen_association),
+            (evt.EVT_C_ECHO, lambda _e: 0x0000),
+        ],
+    )
+    try:
+        remote = run(["echoscu", "-aet", "STRANGER", "-aec", "PACSBROKER", address, str(port)])
+        assert remote.returncode != 0
+        assert "Calling AE Title Not Recognized" in remote.stderr + remote.stdout, remote.stderr
+        local = run(["echoscu", "-aet", "STRANGER", "-aec", "PACSBROKER", "127.0.0.1", str(port)])
+        assert local.returncode == 0, local.stderr
+    finally:
+        server.shutdown()

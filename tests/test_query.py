@@ -1,30 +1,33 @@
 """C-FIND matching over the real index (SQLite and PostgreSQL)."""
 
 import datetime as dt
+from io import BytesIO
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 
 from storage.archive import Archive, object_key, sha256_of
 from storage.catalog import Archived, Outcome, file_instances
 from storage.dicomheader import parse
+from storage.models import Rejection
 from storage.query import Level, match, responses
 from storage.settings import Settings
 from tests.conftest import SAMPLES
 
 
+def archived(data: bytes) -> Archived:
+    h = parse(data)
+    sha = sha256_of(data)
+    return Archived(h, object_key(h, sha), len(data), sha, "TEST", dt.datetime.now(dt.UTC))
+
+
 @pytest.fixture
 def archive(tmp_path: Path, db_url: str) -> Archive:
     a = Archive(Settings(data_dir=tmp_path, database_url=db_url), run_migrations=True)
-    items = []
-    for p in sorted(SAMPLES.rglob("*.dcm")):
-        data = p.read_bytes()
-        h = parse(data)
-        sha = sha256_of(data)
-        items.append(
-            Archived(h, object_key(h, sha), len(data), sha, "TEST", dt.datetime.now(dt.UTC))
-        )
+    items = [archived(p.read_bytes()) for p in sorted(SAMPLES.rglob("*.dcm"))]
     with a.sessions() as s, s.begin():
         assert set(file_instances(s, items)) == {Outcome.STORED}
     return a
@@ -111,3 +114,66 @@ def test_non_indexed_key_and_unknown_key_returned_empty(archive: Archive) -> Non
 def test_image_level_and_wildcard_question_mark(archive: Archive) -> None:
     r = find(archive, Level.IMAGE, Modality="M?", SOPInstanceUID="", InstanceNumber="")
     assert sorted(int(x.InstanceNumber) for x in r) == [1, 2, 3]
+
+
+def add_copy(a: Archive, **attrs: object) -> Dataset:
+    """Index a copy of a CT sample as a new study, series and instance, with `attrs` changed."""
+    ds = dcmread(SAMPLES / "kari-ct" / "ct-s1-0000.dcm")
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    for keyword, value in attrs.items():
+        setattr(ds, keyword, value)
+    buf = BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    with a.sessions() as s, s.begin():
+        assert file_instances(s, [archived(buf.getvalue())]) == [Outcome.STORED]
+    return ds
+
+
+def reject(a: Archive, *sop_uids: str) -> None:
+    with a.sessions() as s, s.begin():
+        s.add_all(Rejection(sop_uid=uid, by_sop_uid="1.2.3.4", code="113001") for uid in sop_uids)
+
+
+def test_open_ended_ranges_skip_empty_values(archive: Archive) -> None:
+    add_copy(archive, StudyDate="", StudyTime="")
+    assert len(find(archive, Level.STUDY, StudyDate="-20221231")) == 1
+    assert len(find(archive, Level.STUDY, StudyDate="20230101-")) == 3
+    every = find(archive, Level.STUDY, StudyTime="")
+    assert len(find(archive, Level.STUDY, StudyTime="-235959")) == len(every) - 1
+
+
+def test_pn_trailing_empty_components_and_case_option_outside_sql(archive: Archive) -> None:
+    add_copy(archive, PatientName="OB^^^^", PatientID="PN1", PerformingPhysicianName="Lege^Lise^^")
+    for query in ("OB", "OB^^", "OB^^^^="):
+        assert len(find(archive, Level.PATIENT, PatientName=query)) == 1, query
+    assert len(find(archive, Level.SERIES, PerformingPhysicianName="Lege^Lise")) == 1
+    assert find(archive, Level.SERIES, PerformingPhysicianName="lege^lise") == []
+    assert len(find(archive, Level.SERIES, ci=True, PerformingPhysicianName="lege^lise")) == 1
+    assert len(find(archive, Level.SERIES, ci=True, PerformingPhysicianName="LEGE*")) == 1
+
+
+def test_rejected_instances_hide_their_series_and_studies(archive: Archive) -> None:
+    (ct,) = find(archive, Level.STUDY, PatientName="Nord*", StudyInstanceUID="")
+    study = str(ct.StudyInstanceUID)
+    extra = add_copy(archive, StudyInstanceUID=study, Modality="OT")
+    alone = add_copy(archive, AccessionNumber="REJ1")
+    reject(archive, str(extra.SOPInstanceUID), str(alone.SOPInstanceUID))
+
+    assert find(archive, Level.STUDY, AccessionNumber="REJ1") == []
+    assert find(archive, Level.SERIES, SeriesInstanceUID=str(alone.SeriesInstanceUID)) == []
+    series = find(archive, Level.SERIES, StudyInstanceUID=study, NumberOfSeriesRelatedInstances="")
+    assert len(series) == 6 and all(int(s.NumberOfSeriesRelatedInstances) == 2 for s in series)
+    (st,) = find(
+        archive,
+        Level.STUDY,
+        StudyInstanceUID=study,
+        ModalitiesInStudy="",
+        NumberOfStudyRelatedSeries="",
+        NumberOfStudyRelatedInstances="",
+    )
+    assert st.ModalitiesInStudy == "CT"
+    assert (int(st.NumberOfStudyRelatedSeries), int(st.NumberOfStudyRelatedInstances)) == (6, 12)
+    assert find(archive, Level.STUDY, ModalitiesInStudy="OT") == []
+    (pt,) = find(archive, Level.PATIENT, PatientName="Nord*", NumberOfPatientRelatedInstances="")
+    assert int(pt.NumberOfPatientRelatedInstances) == 12

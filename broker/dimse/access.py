@@ -6,7 +6,13 @@ import ipaddress
 from dataclasses import dataclass
 from enum import StrEnum
 
+from pynetdicom import evt
+from pynetdicom.events import Event
+
 from storage.settings import Settings
+
+# A-ASSOCIATE-RJ: rejected permanent, by the service user, calling AE title not recognised
+CALLING_AE_NOT_RECOGNISED = (0x01, 0x01, 0x03)
 
 
 class Action(StrEnum):
@@ -45,6 +51,20 @@ class AccessPolicy:
         if not getattr(peer, action.value):
             return Decision(False, f"peer {ae!r} is not allowed to {action.value}")
         return Decision(True)
+
+    def admits(self, calling_ae: str, address: str) -> bool:
+        """Whether the caller may do anything at all, and so may associate."""
+        return any(self.decide(calling_ae, address, action).allowed for action in Action)
+
+    def screen_association(self, event: Event) -> None:
+        """EVT_REQUESTED handler: reject callers that every service would refuse."""
+        assoc = event.assoc
+        request = assoc.requestor.primitive
+        calling = request.calling_ae_title if request is not None else ""
+        if not self.admits(calling, assoc.requestor.address):
+            assoc.acse.send_reject(*CALLING_AE_NOT_RECOGNISED)
+            evt.trigger(assoc, evt.EVT_REJECTED, {})
+            assoc.kill()
 
     def required_calling_aets(self) -> list[str]:
         """AE titles for association-level rejection; empty when loopback callers may be unknown."""

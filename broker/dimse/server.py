@@ -136,6 +136,7 @@ def receiver_main(settings_json: str, index: int, notify: Any, ready: MpEvent) -
         ),
         (evt.EVT_N_CREATE, mpps.create),
         (evt.EVT_N_SET, mpps.set),
+        (evt.EVT_REQUESTED, policy.screen_association),
         (evt.EVT_ACCEPTED, _log_assoc),
         (evt.EVT_REJECTED, _log_assoc),
         (evt.EVT_ABORTED, _log_assoc),
