@@ -257,23 +257,25 @@ def quarantine_list(as_json: Annotated[bool, typer.Option("--json")] = False) ->
 @quarantine_app.command("assign")
 def quarantine_assign(
     study_uid: str,
-    patient: Annotated[str, typer.Option(help="An identifier of the registry patient")],
+    patient: Annotated[str, typer.Option(help="A registry or PAS identifier of the patient")],
     system: Annotated[str, typer.Option(help="Its system URI, if ambiguous")] = "",
 ) -> None:
-    """File a quarantined study under the right patient."""
-    from storage import quarantine, registry
+    """File a quarantined study under the right patient (one only PAS knows is registered)."""
+    from broker.pas import pdqm, reconcile
+    from storage import quarantine
     from storage.archive import Archive
     from storage.demographics import Identifier
 
-    archive = Archive(_settings(), run_migrations=True)
-    with archive.sessions() as session, session.begin():
-        target = registry.find(session, Identifier(system, patient))
+    s = _settings()
+    archive = Archive(s, run_migrations=True)
+    with archive.sessions() as session, session.begin(), refused(quarantine.QuarantineError):
+        target = reconcile.assignable(session, pdqm.client(s), Identifier(system, patient))
         if target is None:
-            console.print(f"[red]no patient {patient!r} in the registry[/red]")
+            console.print(f"[red]no patient {patient!r} in the registry or PAS[/red]")
             raise typer.Exit(1)
-        with refused(quarantine.QuarantineError):
-            quarantine.assign(session, study_uid, target, actor=_actor(), source="cli")
-    console.print(f"study {study_uid} filed under {target.patient_id}")
+        quarantine.assign(session, study_uid, target, actor=_actor(), source="cli")
+        shown = target.patient_id
+    console.print(f"study {study_uid} filed under {shown}")
 
 
 @quarantine_app.command("reject")

@@ -17,10 +17,10 @@ from broker.dimse.server import receiver_main
 from broker.hotfolder import HotFolders
 from broker.ingest import IngestWorker
 from broker.jobs import JobRunner, schedules
+from broker.pas import pdqm
 from broker.pas.adt import AdtApplier
 from broker.pas.listener import MllpListener, route
 from broker.pas.orders import OrderApplier
-from broker.pas.pdqm import PasClient
 from broker.pas.reconcile import Reconciler
 from storage.archive import Archive
 from storage.intake import Intake
@@ -36,12 +36,12 @@ class Runtime:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.archive = Archive(settings, run_migrations=True)
-        self.pas = (
-            PasClient(settings.pas_fhir_url, timeout=settings.pas_timeout, token=settings.pas_token)
-            if settings.pas_fhir_url
-            else None
+        self.pas = pdqm.client(settings)
+        self.reconciler = Reconciler(
+            self.pas,
+            allow_synthetic=settings.allow_synthetic_ids,
+            retry_interval=settings.pas_retry_interval,
         )
-        self.reconciler = Reconciler(self.pas, allow_synthetic=settings.allow_synthetic_ids)
         self.ingest = IngestWorker(
             self.archive,
             self.reconciler,

@@ -58,7 +58,8 @@ def authority_kind(name: str) -> IdKind | None:
 def looks_national(value: str) -> bool:
     """Whether `value` has the form of a national ID; in Norway 11 digits are one."""
     v = value.strip()
-    return len(v) == 11 and v.isdigit()
+    # str.isdigit alone accepts other scripts' digits and superscripts, which int() misreads
+    return len(v) == 11 and v.isascii() and v.isdigit()
 
 
 def check_digits(first9: str) -> str | None:
@@ -100,6 +101,8 @@ def parse(value: str, *, allow_synthetic: bool) -> NationalId:
     if month > 80:
         synthetic, month = True, month - 80
     elif month > 40:
+        if kind is IdKind.DNR:
+            raise InvalidNationalId(f"{v}: a D-nummer (day + 40) cannot be an H-nummer too")
         kind, month = IdKind.HNR, month - 40
     if synthetic and not allow_synthetic:
         raise InvalidNationalId(f"{v}: synthetic test ID (month + 80) is not accepted here")

@@ -6,10 +6,10 @@ import json
 import re
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from storage import nationalid
+from storage import dicomheader, nationalid
 from storage.demographics import NATIONAL_SYSTEMS, OID_PREFIX, Demographics, Identifier
 from storage.models import (
     Instance,
@@ -24,6 +24,8 @@ from storage.models import (
 _OID = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
 # characters that delimit components, groups and values in a DICOM PN, and control characters
 _PN_UNSAFE = re.compile(r"[\^=\\\x00-\x1f]")
+# the end of the status reason of patients quarantined because PAS did not know them
+_UNKNOWN_TO_PAS = " is unknown to PAS"
 
 
 class RegistryError(ValueError):
@@ -259,12 +261,44 @@ def study_instances(session: Session, study: Study) -> list[Instance]:
     )
 
 
-def stale_unverified(session: Session, limit: int) -> list[Patient]:
+def unknown_reason(value: str) -> str:
+    """The status reason of a patient quarantined because PAS does not know `value`."""
+    return f"Patient ID {value}{_UNKNOWN_TO_PAS}"
+
+
+def unknown_to_pas(patient: Patient) -> bool:
+    return patient.status == PatientStatus.QUARANTINED and patient.status_reason.endswith(
+        _UNKNOWN_TO_PAS
+    )
+
+
+def awaiting_pas(session: Session) -> list[Patient]:
+    """Patients to ask PAS about again: filed while it was down, or quarantined because it
+    did not know them (a PAS registration may come later; an invalid ID stays invalid)."""
+    quarantined = (Patient.status == PatientStatus.QUARANTINED) & Patient.status_reason.endswith(
+        _UNKNOWN_TO_PAS, autoescape=True
+    )
     return list(
         session.scalars(
             select(Patient)
-            .where(Patient.status == PatientStatus.UNVERIFIED)
+            .where(or_(Patient.status == PatientStatus.UNVERIFIED, quarantined))
             .order_by(Patient.id)
-            .limit(limit)
         )
     )
+
+
+def record_header_differences(session: Session, study_ids: Iterable[int], patient: Patient) -> None:
+    """Compare each instance's stored header in these studies with `patient`'s PAS values, as
+    ingest does for a verified patient (instances filed before PAS answered have none)."""
+    ids = list(study_ids)
+    if not ids:
+        return
+    stmt = select(Instance).join(Instance.series).where(Series.study_fk.in_(ids))
+    for inst in session.scalars(stmt):
+        ds = dicomheader.decode_attrs(inst.attrs, inst.attrs_ts)
+        name, birth, sex = (
+            str(ds.get(k, "") or "").strip("\0 ")
+            for k in ("PatientName", "PatientBirthDate", "PatientSex")
+        )
+        inst.header_differences = header_differences(patient, name, birth, sex)
+    session.flush()

@@ -225,12 +225,14 @@ def test_invalid_national_id_goes_to_quarantine_until_assigned(
     finally:
         archive.close()
     (uid,) = [u for u in listed if u != stray_uid]
-    r = api.post(f"/quarantine/studies/{uid}/assign", json={"patient_id": KARI})
-    assert r.status_code == 404  # Kari is in PAS but not yet in the registry
-    storescu(broker.dicom_port, sorted((SAMPLES / "kari-ct").glob("ct-s1-*.dcm")))
-    wait_instances(broker, 4)
+    r = api.post(f"/quarantine/studies/{uid}/assign", json={"patient_id": "H0000"})
+    assert r.status_code == 404  # neither the registry nor PAS knows H0000
+    # Kari is in PAS but not yet in the registry: registered from PAS as the study is filed
     r = api.post(f"/quarantine/studies/{uid}/assign", json={"patient_id": KARI})
     assert r.status_code == 200, r.text
+    assert study_names(broker, KARI) == ["Nordmann^Kari"]
+    storescu(broker.dicom_port, sorted((SAMPLES / "kari-ct").glob("ct-s1-*.dcm")))
+    wait_instances(broker, 4)
     assert study_names(broker, KARI) == ["Nordmann^Kari"]  # one study: both series
     assert api.get("/quarantine").json()["studies"] == []
     clinical = broker.cli("token", "--user", "dr", "--role", "clinician").stdout.strip()
@@ -239,6 +241,25 @@ def test_invalid_national_id_goes_to_quarantine_until_assigned(
         headers={"Authorization": f"Bearer {clinical}"},
     )
     assert r.status_code == 403
+
+
+def test_cli_assign_registers_a_patient_only_pas_knows(broker: Broker, tmp_path: Path) -> None:
+    files = [edited(p, tmp_path / p.name, PatientID="12345678901") for p in OLA_CR]
+    assert storescu(broker.dicom_port, files).returncode == 0
+    wait_instances(broker, len(files))
+    uid = str(dcmread(files[0]).StudyInstanceUID)
+    r = broker.cli("quarantine", "assign", uid, "--patient", "H0000")
+    assert r.returncode == 1 and "registry or PAS" in r.stderr
+    r = broker.cli("quarantine", "assign", uid, "--patient", OLA)
+    assert r.returncode == 0, r.stderr
+    assert study_names(broker, OLA) == ["Hansen^Ola"]
+    archive = Archive(broker.settings())
+    try:
+        with archive.sessions() as s:
+            ola = s.scalars(select(Patient).where(Patient.patient_id == OLA)).one()
+            assert ola.status == PatientStatus.VERIFIED
+    finally:
+        archive.close()
 
 
 def test_pas_down_during_ingest_is_verified_later(broker: Broker, pas: str) -> None:

@@ -15,7 +15,8 @@ from broker.dicomize.pdf import encapsulated_pdf
 from broker.dicomize.photo import photo
 from broker.dicomize.video import video
 from broker.dicomize.waveform import waveform
-from broker.pas.pdqm import PasClient, PasUnavailable
+from broker.pas import pdqm
+from broker.pas.pdqm import PasAmbiguous, PasUnavailable
 from storage import registry
 from storage.archive import Archive
 from storage.demographics import Identifier
@@ -39,13 +40,14 @@ def resolve_patient(archive: Archive, patient_id: str, system: str = "") -> Pati
         if p is not None:
             return PatientModule(p.patient_id, p.issuer, p.name, p.birth_date, p.sex)
     s = archive.settings
-    if s.pas_fhir_url:
+    pas = pdqm.client(s)
+    if pas is not None:
         try:
-            found = PasClient(s.pas_fhir_url, timeout=s.pas_timeout, token=s.pas_token).lookup(
-                ident
-            )
+            found = pas.lookup(ident)
         except PasUnavailable as e:
             raise DicomizeError(f"PAS cannot be asked about {patient_id} now: {e}") from None
+        except PasAmbiguous as e:
+            raise DicomizeError(f"PAS does not tell who {patient_id} is: {e}") from None
         if found is not None:
             return PatientModule(patient_id, "", found.name, found.birth_date, found.sex)
     raise DicomizeError(f"unknown patient {patient_id!r}: neither the registry nor PAS knows it")

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pydicom import Dataset
 from sqlalchemy.orm import Session, sessionmaker
 
-from broker.pas.pdqm import PasClient, PasUnavailable
-from storage import nationalid, registry
+from broker.pas.pdqm import PasAmbiguous, PasClient, PasUnavailable
+from storage import audit, nationalid, quarantine, registry
 from storage.demographics import Demographics, Identifier
 from storage.dicomheader import Header
 from storage.models import Patient, PatientStatus
@@ -56,9 +58,16 @@ def header_identifier(h: Header, *, allow_synthetic: bool) -> tuple[Identifier, 
 class Reconciler:
     """Turns headers into registry patients: known, looked up in PAS, or quarantined."""
 
-    def __init__(self, client: PasClient | None, *, allow_synthetic: bool) -> None:
+    def __init__(
+        self, client: PasClient | None, *, allow_synthetic: bool, retry_interval: float = 10.0
+    ) -> None:
         self.client = client
         self.allow_synthetic = allow_synthetic
+        self.retry_interval = retry_interval
+        # registry patient id -> when PAS was last asked about it; ingest threads and the
+        # re-verification thread share it, so a busy modality does not flood PAS
+        self._asked: dict[int, float] = {}
+        self._lock = threading.Lock()
 
     def decide(
         self, sessions: sessionmaker[Session], headers: Iterable[Header]
@@ -69,23 +78,27 @@ class Reconciler:
                 ident, problem = header_identifier(h, allow_synthetic=self.allow_synthetic)
                 if ident in decisions:
                     continue
+                known = None if problem else registry.find(session, ident)
                 if problem:
                     decisions[ident] = Decision(PatientStatus.QUARANTINED, reason=problem)
-                elif registry.find(session, ident) is None:
+                elif known is None:
                     decisions[ident] = self.lookup(ident)
+                elif registry.unknown_to_pas(known) and self._due(known.id):
+                    # PAS may have registered the patient since; a new object is a reason to ask
+                    decisions[ident] = self.lookup(ident, fresh=True)
         return decisions
 
-    def lookup(self, ident: Identifier) -> Decision:
+    def lookup(self, ident: Identifier, *, fresh: bool = False) -> Decision:
         if self.client is None:
             return Decision(PatientStatus.LOCAL)
         try:
-            demo = self.client.lookup(ident)
+            demo = self.client.lookup(ident, fresh=fresh)
         except PasUnavailable as e:
             return Decision(PatientStatus.UNVERIFIED, reason=f"PAS unavailable: {e}")
+        except PasAmbiguous as e:
+            return Decision(PatientStatus.QUARANTINED, reason=f"ambiguous: {e}")
         if demo is None:
-            return Decision(
-                PatientStatus.QUARANTINED, reason=f"Patient ID {ident.value} is unknown to PAS"
-            )
+            return Decision(PatientStatus.QUARANTINED, reason=registry.unknown_reason(ident.value))
         return Decision(PatientStatus.VERIFIED, demo)
 
     def patient_for(
@@ -94,9 +107,12 @@ class Reconciler:
         """Inside the index transaction: the registry patient this object belongs to."""
         ident, _problem = header_identifier(h, allow_synthetic=self.allow_synthetic)
         known = registry.find(session, ident)
+        decision = decisions.get(ident)
         if known is not None:
+            if decision and decision.demographics and registry.unknown_to_pas(known):
+                return settle(session, known, decision.demographics)
             return known
-        decision = decisions.get(ident) or self.lookup(ident)
+        decision = decision or self.lookup(ident)
         if decision.status is PatientStatus.VERIFIED and decision.demographics is not None:
             patient = registry.apply_pas(session, decision.demographics, strict=False)
             if registry.find(session, ident) is None:
@@ -108,34 +124,103 @@ class Reconciler:
         return registry.create(session, demo, decision.status, decision.reason, h.issuer)
 
     def reverify(self, sessions: sessionmaker[Session], limit: int = 200) -> int:
-        """Ask PAS again about patients filed while it was down; returns how many were settled.
-        The lookups run outside any transaction, so ingest never waits on PAS for the index."""
-        if self.client is None:
+        """Ask PAS again about patients filed while it was down or quarantined as unknown to
+        it; returns how many were asked. The lookups run outside any transaction, so ingest
+        never waits on PAS for the index."""
+        client = self.client
+        if client is None:
             return 0
         with sessions() as session:
             pending = [
-                (p.id, [Identifier(r.system, r.value) for r in p.identifiers])
-                for p in registry.stale_unverified(session, limit)
+                (p.id, p.patient_id, [Identifier(r.system, r.value) for r in p.identifiers])
+                for p in self._least_recently_asked(registry.awaiting_pas(session), limit)
             ]
-        answers: list[tuple[int, Demographics | None]] = []
-        for pid, idents in pending:
+        answers: list[tuple[int, Decision]] = []
+        for pid, shown, idents in pending:
             try:
-                found = [d for d in map(self.client.lookup, idents) if d is not None]
+                answers.append((pid, self._ask(client, pid, shown, idents)))
             except PasUnavailable:
                 break
-            answers.append((pid, found[0] if found else None))
         with sessions() as session, session.begin():
-            for pid, demo in answers:
+            for pid, decision in answers:
                 patient = session.get(Patient, pid)
-                if patient is None or patient.status != PatientStatus.UNVERIFIED:
-                    continue  # an ADT message settled it meanwhile
-                if demo is None:
-                    patient.status = PatientStatus.QUARANTINED
-                    patient.status_reason = f"Patient ID {patient.patient_id} is unknown to PAS"
-                    log.warning("%s", patient.status_reason)
-                    continue
-                target = registry.apply_pas(session, demo, strict=False)
-                if target.id != patient.id:
-                    registry.absorb(session, patient, target, "confirmed by PAS")
-                log.info("patient %s verified by PAS", target.patient_id)
+                if patient is None or not (
+                    patient.status == PatientStatus.UNVERIFIED or registry.unknown_to_pas(patient)
+                ):
+                    continue  # an ADT message or an admin settled it meanwhile
+                settle(session, patient, decision.demographics, decision.reason)
         return len(answers)
+
+    def _ask(self, client: PasClient, pid: int, shown: str, idents: list[Identifier]) -> Decision:
+        """What PAS says about the first of a patient's identifiers it knows."""
+        with self._lock:
+            self._asked[pid] = time.monotonic()
+        for ident in idents:
+            try:
+                demo = client.lookup(ident, fresh=True)
+            except PasAmbiguous as e:
+                return Decision(PatientStatus.QUARANTINED, reason=f"ambiguous: {e}")
+            if demo is not None:
+                return Decision(PatientStatus.VERIFIED, demo)
+        return Decision(PatientStatus.QUARANTINED, reason=registry.unknown_reason(shown))
+
+    def _due(self, pid: int) -> bool:
+        """Whether PAS may be asked about patient `pid` now; if so, the asking is noted."""
+        now = time.monotonic()
+        with self._lock:
+            last = self._asked.get(pid)
+            due = last is None or now - last >= self.retry_interval
+            if due:
+                self._asked[pid] = now
+        return due
+
+    def _least_recently_asked(self, patients: list[Patient], limit: int) -> list[Patient]:
+        """So that patients PAS keeps not knowing do not crowd out the others; settled
+        patients are forgotten."""
+        with self._lock:
+            self._asked = {p.id: self._asked[p.id] for p in patients if p.id in self._asked}
+            return sorted(patients, key=lambda p: self._asked.get(p.id, 0.0))[:limit]
+
+
+def settle(
+    session: Session, patient: Patient, demo: Demographics | None, reason: str = ""
+) -> Patient:
+    """PAS's answer about an unverified or unknown patient: verified (its studies leave
+    quarantine, header differences recorded), or without `demo`, quarantined for `reason`."""
+    if demo is None:
+        if patient.status == PatientStatus.UNVERIFIED:
+            patient.status, patient.status_reason = PatientStatus.QUARANTINED, reason
+            log.warning("patient %s quarantined: %s", patient.patient_id, reason)
+        return patient
+    released = [(s.id, s.study_uid) for s in patient.studies]
+    was_quarantined = patient.status == PatientStatus.QUARANTINED
+    old_id = patient.patient_id
+    target = registry.apply_pas(session, demo, strict=False)
+    if target.id != patient.id:
+        registry.absorb(session, patient, target, "confirmed by PAS")
+    registry.record_header_differences(session, (sid for sid, _ in released), target)
+    log.info("patient %s verified by PAS", target.patient_id)
+    if was_quarantined:
+        audit.record(
+            session,
+            actor="pas",
+            role="pas",
+            source="pas",
+            action="quarantine-auto-resolve",
+            patients=[(target.patient_id, uid) for _, uid in released],
+            detail=f"quarantined ID {old_id!r} is now known to PAS",
+        )
+    return target
+
+
+def assignable(session: Session, client: PasClient | None, ident: Identifier) -> Patient | None:
+    """The registry patient holding `ident`, else the patient PAS knows by it, registered as
+    verified; None if neither knows it. A PAS that cannot answer is a QuarantineError."""
+    known = registry.find(session, ident)
+    if known is not None or client is None:
+        return known
+    try:
+        demo = client.lookup(ident)
+    except (PasUnavailable, PasAmbiguous) as e:
+        raise quarantine.QuarantineError(f"PAS cannot confirm {ident.value} now: {e}") from None
+    return None if demo is None else registry.apply_pas(session, demo, strict=False)
