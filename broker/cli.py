@@ -185,7 +185,7 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         http = "not running"
     out = {
         "archive": counts,
-        "spool_files": spool_files,
+        "spool_backlog": backlog,
         "server": http,
         "store": archive.store.name,
         "ae_title": s.ae_title,

@@ -13,6 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import exc as sa_exc
+
 from broker.pas.reconcile import Reconciler
 from storage import findings, spool
 from storage.archive import Archive, object_key, sha256_of
@@ -25,6 +27,18 @@ log = logging.getLogger("pacsbroker.ingest")
 # A batch holds its payloads in memory until archived and indexed; large images would
 # otherwise make 64-object batches cost hundreds of MB.
 BATCH_BYTES = 16 << 20
+
+# Only these mean the object store or the index is unreachable, so the batch waits in the spool
+# and is retried. Any other error belongs to one object, which goes to quarantine instead of
+# holding back every object behind it.
+OUTAGES = (
+    ObjectStoreError,
+    OSError,
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.DisconnectionError,
+    sa_exc.TimeoutError,
+)
 
 
 @dataclass
@@ -86,7 +100,9 @@ class IngestWorker:
         self.last_error = ""
 
     def replay(self, root: Path) -> int:
-        """Queue every record left in the spool by an earlier run; returns how many."""
+        """At start, before any writer runs: drop unfinished writes, then queue every record
+        left in the spool by an earlier run; returns how many."""
+        spool.discard_unfinished(root)
         n = 0
         for path in spool.pending_files(root):
             count = 0
@@ -113,7 +129,7 @@ class IngestWorker:
                 try:
                     self._process(items)
                     break
-                except (ObjectStoreError, OSError) as e:
+                except OUTAGES as e:
                     self.last_error = str(e)
                     log.warning(
                         "archive unavailable, %d records wait in the spool: %s", len(items), e
@@ -121,7 +137,8 @@ class IngestWorker:
                     self._stop.wait(delay)
                     delay = min(delay * 2, 10.0)
                 except Exception:
-                    log.exception("index write failed; retrying")
+                    # only a failure to file the quarantine record itself gets here
+                    log.exception("quarantine write failed; retrying")
                     self._stop.wait(delay)
                     delay = min(delay * 2, 10.0)
             else:
@@ -181,14 +198,30 @@ class IngestWorker:
         received = dt.datetime.fromtimestamp(meta.get("received", time.time()), dt.UTC)
         try:
             header = parse(payload)
-        except InvalidObject as e:
-            it.error = str(e)
-            it.key = f"quarantine/{it.sha}.dcm"
+        except Exception as e:  # no I/O here: whatever fails is this object's fault
+            self._to_quarantine(it, e)
             return
         it.key = object_key(header, it.sha)
         it.archived = Archived(
             header, it.key, len(payload), it.sha, meta.get("calling_ae", ""), received
         )
+
+    def _to_quarantine(self, it: _Item, e: Exception) -> None:
+        it.error = str(e) if isinstance(e, InvalidObject) else f"{type(e).__name__}: {e}"
+        it.key = f"quarantine/{it.sha}.dcm"
+        it.archived = None
+        log.warning("quarantining %s: %s", it.rec.meta.get("sop_uid", "?"), it.error)
+
+    def _put(self, it: _Item) -> None:
+        try:
+            self.archive.store.put(it.key, it.rec.payload)
+        except OUTAGES:
+            raise
+        except Exception as e:
+            if it.archived is None:
+                raise
+            self._to_quarantine(it, e)
+            self.archive.store.put(it.key, it.rec.payload)
 
     def _process(self, items: list[_Item]) -> None:
         for it in items:
@@ -201,12 +234,34 @@ class IngestWorker:
             uid = it.archived.header.sop_uid if it.archived else it.key
             (later if uid in seen else now_items).append(it)
             seen.add(uid)
-        store = self.archive.store
-        list(self.pool.map(lambda it: store.put(it.key, it.rec.payload), now_items))
-        archived = [it.archived for it in now_items if it.archived]
+        list(self.pool.map(self._put, now_items))
+        try:
+            self._index(now_items)
+        except OUTAGES:
+            raise
+        except Exception as e:
+            self._isolate(now_items, e)
+        if later:
+            self._process(later)
+
+    def _isolate(self, items: list[_Item], e: Exception) -> None:
+        """A batch failed for a reason that is not an outage: file its objects one at a time,
+        so only the object at fault is quarantined."""
+        if len(items) > 1:
+            log.warning("index write failed (%s); filing %d objects one by one", e, len(items))
+            for it in items:
+                self._process([it])
+            return
+        (it,) = items
+        if it.archived is None:
+            raise e
+        self._to_quarantine(it, e)
+        self._process(items)
+
+    def _index(self, items: list[_Item]) -> None:
+        archived = [it.archived for it in items if it.archived]
         decisions = self.reconciler.decide(self.archive.sessions, (a.header for a in archived))
         with self.archive.sessions() as session, session.begin():
-            good = [it for it in now_items if it.archived]
             outcomes = file_instances(
                 session,
                 archived,
@@ -215,7 +270,7 @@ class IngestWorker:
             for a, outcome in zip(archived, outcomes, strict=True):
                 if outcome is Outcome.STORED and findings.wanted(a.header.sop_class_uid):
                     findings.index(session, a.header.dataset)
-            for it in now_items:
+            for it in items:
                 if not it.archived:
                     quarantine(
                         session,
@@ -223,12 +278,10 @@ class IngestWorker:
                         size=len(it.rec.payload),
                         sha256=it.sha,
                         reason=it.error,
-                        sop_uid="",
+                        sop_uid=str(it.rec.meta.get("sop_uid", ""))[:64],
                         source_ae=it.rec.meta.get("calling_ae", ""),
                         received_at=dt.datetime.now(dt.UTC),
                     )
         for outcome in outcomes:
             self.stats[outcome.value] += 1
-        self.stats["quarantined"] += len(now_items) - len(good)
-        if later:
-            self._process(later)
+        self.stats["quarantined"] += len(items) - len(archived)

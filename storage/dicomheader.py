@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import (
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -23,18 +25,42 @@ from pydicom.uid import (
 )
 
 PIXEL_DATA = 0x7FE00010
+_ITEM = 0xFFFEE000
+_SEQUENCE_DELIMITER = 0xFFFEE0DD
+_UNDEFINED = 0xFFFFFFFF
 _REQUIRED = {
     0x0020000D: "StudyInstanceUID (0020,000D)",
     0x0020000E: "SeriesInstanceUID (0020,000E)",
     0x00080018: "SOPInstanceUID (0008,0018)",
 }
 _VALIDATE_TAGS = [Tag(t) for t in (0x00080016, *_REQUIRED)]
+_LONG_VRS = (b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"UT", b"SQ", b"UC", b"UR")
 _MAX_RAW_ATTRS = 64 * 1024
 _BULK = 4096
 
 
 class InvalidObject(ValueError):
     """The object cannot be archived; the message names what is wrong."""
+
+
+class InvalidUID(InvalidObject):
+    """A UID the object is filed under is not a DICOM UID (it would make an unsafe key)."""
+
+
+# PS3.5 9.1 forbids leading zeros in a component, but some modalities write them and such a UID
+# still names one object safely; what must never pass is anything else that could shape a key
+_FILEABLE_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+
+def valid_uid(uid: str) -> bool:
+    """Digits in dot-separated components, at most 64 characters (PS3.5 9.1, leading zeros
+    tolerated)."""
+    return len(uid) <= 64 and _FILEABLE_UID.fullmatch(uid) is not None
+
+
+def _needs_pixels(sop_class: str) -> bool:
+    """Image storage IODs (CT, MR, CR, DX, US, SC, ...) all require the Image Pixel module."""
+    return valid_uid(sop_class) and UID(sop_class).keyword.endswith("ImageStorage")
 
 
 def _encoding(ts: str) -> tuple[bool, bool]:
@@ -70,6 +96,8 @@ def validate(ds_bytes: bytes, ts: str) -> Identity:
     fp = BytesIO(stream)
     try:
         ds = read_dataset(fp, implicit, little, stop_when=_at_pixels)
+    except struct.error:  # pydicom unpacks a short read at the end
+        raise InvalidObject("data set ends inside an element header (truncated)") from None
     except Exception as e:
         raise InvalidObject(f"data set cannot be parsed: {e}") from None
     values: dict[int, str] = {}
@@ -85,7 +113,18 @@ def validate(ds_bytes: bytes, ts: str) -> Identity:
     missing = [name for tag, name in _REQUIRED.items() if not values.get(tag)]
     if missing:
         raise InvalidObject("missing " + ", ".join(missing))
-    _check_pixel_tail(stream, fp.tell(), implicit, little)
+    invalid = [
+        f"{name} {values[tag]!r}" for tag, name in _REQUIRED.items() if not valid_uid(values[tag])
+    ]
+    if invalid:
+        raise InvalidUID("invalid UID " + ", ".join(invalid))
+    pos = fp.tell()
+    if pos < len(stream):  # read_dataset stopped at Pixel Data
+        _check_pixel_tail(stream, pos, implicit, little)
+    else:
+        _check_last_element(ds, stream, little)
+        if _needs_pixels(values.get(0x00080016, "")):
+            raise InvalidObject("no Pixel Data (7FE0,0010) in an image object (truncated)")
     return Identity(
         values.get(0x00080016, ""), values[0x00080018], values[0x0020000D], values[0x0020000E]
     )
@@ -106,26 +145,56 @@ def validate_part10(payload: bytes) -> Identity:
     return validate(payload[start:], ts)
 
 
+def _check_last_element(ds: Dataset, stream: bytes, little: bool) -> None:
+    """A data set read to its end must end with its last element, not inside or after it."""
+    if not len(ds):
+        return
+    last = ds.get_item(list(ds.keys())[-1])
+    if isinstance(last, RawDataElement) and last.length != _UNDEFINED:
+        end = last.value_tell + last.length
+        if end != len(stream):
+            raise InvalidObject(
+                f"data set ends inside an element at byte {min(end, len(stream))} (truncated)"
+            )
+    elif stream[-8:] != struct.pack("<HHI" if little else ">HHI", 0xFFFE, 0xE0DD, 0):
+        raise InvalidObject("data set ends inside a sequence (truncated)")
+
+
 def _check_pixel_tail(stream: bytes, pos: int, implicit: bool, little: bool) -> None:
     """Detect a data set cut off inside its pixel data (the usual way transfers get truncated)."""
-    if pos >= len(stream):
-        return
     end = "<" if little else ">"
-    if implicit:
-        header, (length,) = 8, struct.unpack_from(end + "I", stream, pos + 4)
+    long_vr = not implicit and stream[pos + 4 : pos + 6] in _LONG_VRS
+    header = 12 if long_vr else 8
+    if pos + header > len(stream):
+        raise InvalidObject("data set ends inside the Pixel Data element header (truncated)")
+    if implicit or long_vr:
+        (length,) = struct.unpack_from(end + "I", stream, pos + header - 4)
     else:
-        vr = stream[pos + 4 : pos + 6]
-        if vr in (b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"UT", b"SQ", b"UC", b"UR"):
-            header, (length,) = 12, struct.unpack_from(end + "I", stream, pos + 8)
-        else:
-            header, (length,) = 8, struct.unpack_from(end + "H", stream, pos + 6)
-    if length == 0xFFFFFFFF:
-        if b"\xfe\xff\xdd\xe0" not in stream[-16:] and b"\xff\xfe\xe0\xdd" not in stream[-16:]:
-            raise InvalidObject("encapsulated pixel data has no sequence delimiter (truncated)")
+        (length,) = struct.unpack_from(end + "H", stream, pos + 6)
+    if length == _UNDEFINED:
+        _check_fragments(stream, pos + header, end)
     elif pos + header + length > len(stream):
         raise InvalidObject(
             f"pixel data declares {length} bytes but only {len(stream) - pos - header} arrived"
         )
+
+
+def _check_fragments(stream: bytes, pos: int, end: str) -> None:
+    """Walk encapsulated pixel data item by item to its sequence delimiter; nothing is copied,
+    so data set trailing padding after it is no reason to refuse."""
+    item = struct.Struct(end + "HHI")
+    while pos + item.size <= len(stream):
+        group, element, length = item.unpack_from(stream, pos)
+        tag = group << 16 | element
+        pos += item.size
+        if tag == _SEQUENCE_DELIMITER:
+            return
+        if tag != _ITEM or length == _UNDEFINED:
+            raise InvalidObject(
+                f"encapsulated pixel data holds ({group:04X},{element:04X}), not an item"
+            )
+        pos += length
+    raise InvalidObject("encapsulated pixel data has no sequence delimiter (truncated)")
 
 
 @dataclass
@@ -255,13 +324,13 @@ def parse(payload: bytes) -> Header:
         attrs_ts=attrs_ts,
         dataset=ds,
     )
-    for field, name in (
-        ("sop_uid", "SOPInstanceUID"),
-        ("study_uid", "StudyInstanceUID"),
-        ("series_uid", "SeriesInstanceUID"),
-    ):
-        if not getattr(h, field):
+    for name in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        # read past the index column width so an over-long UID is not cut down to a valid one
+        uid = _text(ds, name, 65)
+        if not uid:
             raise InvalidObject(f"missing {name}")
+        if not valid_uid(uid):
+            raise InvalidUID(f"invalid UID {name} {uid!r}")
     return h
 
 

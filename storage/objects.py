@@ -135,11 +135,12 @@ class S3ObjectStore:
         self._ready = True
 
     def put(self, key: str, data: bytes) -> None:
+        key = _safe_key(key)  # an unsafe key is a refusal (ValueError), never an outage
         self._ensure_bucket()
         try:
             self.client.put_object(
                 self.bucket,
-                _safe_key(key),
+                key,
                 io.BytesIO(data),
                 len(data),
                 content_type="application/dicom",

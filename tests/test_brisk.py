@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 
+import pytest
 from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.transport import AssociationSocket
@@ -78,3 +79,23 @@ def test_accepted_contexts_are_shared_not_copied() -> None:
     contexts = brisk.SharedContexts(scp_contexts())
     assert copy.deepcopy(contexts) is contexts
     assert len(contexts) == len(scp_contexts())
+
+
+def test_socket_refuses_pdus_longer_than_their_type_allows() -> None:
+    a, b = socket.socketpair()
+    sock = AssociationSocket(Association(AE("TEST"), "acceptor"), client_socket=a)
+    sock.__class__ = brisk.BriskSocket
+    assert isinstance(sock, brisk.BriskSocket)
+    sock.limit_p_data(16384)
+    b.sendall(b"\x04\x00\x00\x00\x40\x06" + bytes(16390))  # a P-DATA-TF of 16384 + 6
+    assert len(sock.recv(6)) == 6 and len(sock.recv(16390)) == 16390
+    for header, length in (
+        (b"\x04\x00\x00\x00\x40\x07", 16391),
+        (b"\x01\x00\xff\xff\xff\xff", 2**32 - 1),
+    ):
+        b.sendall(header)
+        assert sock.recv(6) == header
+        with pytest.raises(brisk.PDUTooLong):
+            sock.recv(length)
+    a.close()
+    b.close()

@@ -244,6 +244,24 @@ def _raw_store(port: int, payload: bytes, sop_uid: str, tmp: Path) -> int:
     return int(rsp.Status)
 
 
+def _peak_rss_mib(root: int) -> int:
+    """The highest peak resident set (VmHWM) of a process and all its descendants, in MiB."""
+    children: dict[int, list[int]] = defaultdict(list)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children[int(fields[1])].append(int(stat.parent.name))
+    peak, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        todo += children[pid]
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]) // 1024)
+    return peak
+
+
 def test_refusals_and_hostile_input(broker_factory, tmp_path: Path) -> None:
     b = broker_factory({"PACSBROKER_PEERS": peers()}).start()
     r = echoscu(b.dicom_port, aet="STRANGER")
@@ -253,13 +271,21 @@ def test_refusals_and_hostile_input(broker_factory, tmp_path: Path) -> None:
         b"\x00" * 10,
         os.urandom(5000),
         b"GET / HTTP/1.1\r\n\r\n",
-        b"\x01\x00\xff\xff\xff\xff" + os.urandom(64),
+        b"\x01\x00\xff\xff\xff\xff" + os.urandom(64),  # an A-ASSOCIATE-RQ of 4 GiB
+        b"\x01\x00\x40\x00\x00\x00" + os.urandom(64),  # of 1 GiB
+        b"\x04\x00\x40\x00\x00\x00" + os.urandom(64),  # a P-DATA-TF of 1 GiB
     ):
         with socket.create_connection(("127.0.0.1", b.dicom_port), timeout=5) as s:
             s.sendall(junk)
             s.settimeout(5)
             with contextlib.suppress(TimeoutError, ConnectionError):
                 s.recv(100)
+    assert b.proc is not None
+    # the declared lengths are refused, never allocated
+    assert _peak_rss_mib(b.proc.pid) < 512
+    started = time.monotonic()
+    assert echoscu(b.dicom_port).returncode == 0
+    assert time.monotonic() - started < 5
     f = next(SAMPLES.rglob("ct-s1-0000.dcm"))
     data = f.read_bytes()
     ds_bytes = data[dataset_offset(data) :]
@@ -267,10 +293,35 @@ def test_refusals_and_hostile_input(broker_factory, tmp_path: Path) -> None:
     assert (
         _raw_store(b.dicom_port, ds_bytes[:-300], uid, tmp_path) == 0xC002
     )  # truncated pixel data
+    pixels = ds_bytes.index(b"\xe0\x7f\x10\x00")
+    for cut in (pixels, pixels - 3, pixels + 5):  # before, in the element before, in its header
+        assert _raw_store(b.dicom_port, ds_bytes[:cut], uid, tmp_path) == 0xC002, cut
     assert _raw_store(b.dicom_port, b"\x08\x00\x18\x00UI\x04\x001.2\x00", "1.2", tmp_path) == 0xC001
+    series = str(dcmread(f).SeriesInstanceUID).encode()
+    bad_uid = ds_bytes.replace(series, b"1.2//3".ljust(len(series), b"9"), 1)  # same length
+    assert _raw_store(b.dicom_port, bad_uid, uid, tmp_path) == 0xC003
     assert _raw_store(b.dicom_port, ds_bytes, "1.2.3.999", tmp_path) == 0xA900
     assert echoscu(b.dicom_port).returncode == 0, "the broker keeps serving"
     assert counts(b)["instances"] == 0
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_encapsulated_pixel_data_followed_by_trailing_padding_is_accepted(
+    broker_factory, tmp_path: Path
+) -> None:
+    from pydicom.data import get_testdata_file
+
+    # each has Data Set Trailing Padding (FFFC,FFFC) after the sequence delimiter; storescu
+    # drops the padding when it sends, `pacsbroker load` (pynetdicom) sends the bytes as they are
+    names = ["MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm"]
+    src = tmp_path / "padded"
+    src.mkdir()
+    for name in names:
+        shutil.copy(str(get_testdata_file(name)), src / name)
+    b = broker_factory({}).start()
+    r = b.cli("load", str(src))
+    assert r.returncode == 0 and f"sent {len(names)} of {len(names)}" in r.stderr, r.stderr
+    wait_instances(b, 1)  # one SOP Instance UID: the later two are kept as conflicts
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

@@ -10,7 +10,9 @@ fixed 1 ms, so every PDU in or out waits up to a millisecond; for small objects 
 association that sleep, not parsing or disk, bounds the store rate (docs/benchmarks.md).
 A BriskDUL waits in select() on the socket and on a wake-up socket that the outgoing queue
 pokes, so it reacts at once to either direction and costs nothing while idle; a BriskSocket
-reads each PDU with as few recv() calls as possible instead of 4 KiB at a time.
+reads each PDU with as few recv() calls as possible instead of 4 KiB at a time, into a buffer
+of the length the peer declares, so it refuses lengths no PDU of that type may have: six
+bytes claiming a 4 GiB PDU must not make the receiver allocate 4 GiB.
 """
 
 from __future__ import annotations
@@ -29,6 +31,17 @@ from pynetdicom.transport import AssociationSocket, RequestHandler
 
 # The longest a wait may last; it bounds how late the reactor sees its own timers expire.
 MAX_WAIT = 0.001
+PDU_HEADER = 6  # type, reserved, 4-byte length
+P_DATA_TF = 0x04
+# 128 contexts proposing every syntax we support come to about 80 KB: room to spare.
+MAX_ASSOCIATE_PDU = 256 << 10
+# With no negotiated maximum (0) a peer may send any length; this is where we stop believing it.
+MAX_UNBOUNDED_PDU = 16 << 20
+
+
+class PDUTooLong(Exception):
+    """A peer declared a PDU longer than its type allows. Not an OSError, so pynetdicom's
+    reactor answers it with an A-ABORT rather than treating it as a closed connection."""
 
 
 class _WakingQueue(queue.Queue[Any]):
@@ -104,9 +117,29 @@ def _close(*socks: socket.socket) -> None:
 
 
 class BriskSocket(AssociationSocket):
-    """Reads a PDU with as few system calls as the kernel allows, not in 4 KiB pieces."""
+    """Reads a PDU with as few system calls as the kernel allows, not in 4 KiB pieces, and
+    never into a buffer longer than a PDU of its type may be."""
+
+    max_p_data = MAX_UNBOUNDED_PDU + PDU_HEADER
+    _body_limit: int | None = None  # set by a header read: the most the PDU body may hold
+
+    def limit_p_data(self, maximum_length: int) -> None:
+        """Refuse P-DATA-TF PDUs longer than we told the peer (0: no maximum negotiated)."""
+        self.max_p_data = (maximum_length or MAX_UNBOUNDED_PDU) + PDU_HEADER
 
     def recv(self, nr_bytes: int) -> bytearray:
+        # pynetdicom reads a PDU as its 6-byte header, then the length the header declares
+        limit, self._body_limit = self._body_limit, None
+        if limit is None:
+            limit = max(self.max_p_data, MAX_ASSOCIATE_PDU)
+        if nr_bytes > limit:
+            raise PDUTooLong(f"peer declared a {nr_bytes}-byte PDU; at most {limit} accepted")
+        buf = self._read(nr_bytes)
+        if nr_bytes == PDU_HEADER and len(buf) == PDU_HEADER:
+            self._body_limit = self.max_p_data if buf[0] == P_DATA_TF else MAX_ASSOCIATE_PDU
+        return buf
+
+    def _read(self, nr_bytes: int) -> bytearray:
         sock = cast(socket.socket, self.socket)
         buf = bytearray(nr_bytes)
         view = memoryview(buf)
@@ -128,8 +161,11 @@ class BriskRequestHandler(RequestHandler):
         # The DUL already holds the socket and the state machine's first transition, so both
         # are adopted in place rather than replaced.
         BriskDUL.adopt(assoc.dul)
-        if type(assoc.dul.socket) is AssociationSocket:
-            assoc.dul.socket.__class__ = BriskSocket
+        sock = assoc.dul.socket
+        if type(sock) is AssociationSocket:
+            sock.__class__ = BriskSocket
+            assert isinstance(sock, BriskSocket)
+            sock.limit_p_data(assoc.acceptor.maximum_length or 0)
         return assoc
 
 

@@ -11,7 +11,7 @@ from pynetdicom.events import Event
 
 from broker.dimse.access import AccessPolicy, Action
 from storage import spool
-from storage.dicomheader import InvalidObject, validate
+from storage.dicomheader import InvalidObject, InvalidUID, validate
 from storage.spool import RecordRef, SpoolWriter
 
 log = logging.getLogger("pacsbroker.store")
@@ -21,6 +21,7 @@ OUT_OF_RESOURCES = 0xA700
 UID_MISMATCH = 0xA900
 MISSING_UIDS = 0xC001
 CANNOT_PARSE = 0xC002
+INVALID_UID = 0xC003
 
 
 def status(code: int, comment: str = "") -> Dataset:
@@ -29,6 +30,13 @@ def status(code: int, comment: str = "") -> Dataset:
     if comment:
         ds.ErrorComment = comment[:64]
     return ds
+
+
+def _refusal_code(e: InvalidObject) -> int:
+    """A "cannot understand" status (0xCxxx) that tells the sender which kind of fault it was."""
+    if isinstance(e, InvalidUID):
+        return INVALID_UID
+    return MISSING_UIDS if str(e).startswith("missing") else CANNOT_PARSE
 
 
 class StoreHandler:
@@ -53,7 +61,7 @@ class StoreHandler:
         try:
             ident = validate(ds_bytes, ts)
         except InvalidObject as e:
-            code = MISSING_UIDS if str(e).startswith("missing") else CANNOT_PARSE
+            code = _refusal_code(e)
             log.warning("C-STORE from %s rejected: %s", calling, e)
             return status(code, str(e))
         if ident.sop_uid != str(req.AffectedSOPInstanceUID).strip("\0 "):
