@@ -258,11 +258,8 @@ class DimseSource:
         classes = sorted({_text(ds, "SOPClassUID") for ds in images} - {""}) or storage_classes()
         storage = _storage_contexts(classes)
         roles = [build_role(c, scp_role=True) for c in classes]
-        host = (
-            "127.0.0.1" if self.settings.bind_host in ("0.0.0.0", "::") else self.settings.bind_host
-        )
         relay = self.relay_ae.associate(
-            host,
+            migration.relay_host(self.settings),
             self.settings.dicom_port,
             storage,
             ae_title=self.settings.ae_title,

@@ -9,7 +9,6 @@ import typer
 
 from broker.cli_common import (
     JSON_OPT,
-    WAIT_OPT,
     Commands,
     actor,
     console,
@@ -19,6 +18,12 @@ from broker.cli_common import (
 )
 
 commands = Commands()
+FOLLOW_OPT = Annotated[
+    bool,
+    typer.Option(
+        "--wait/--background", help="Follow the job with a progress bar, or only queue it"
+    ),
+]
 
 
 @commands.command()
@@ -36,11 +41,12 @@ def migrate(
     find_limit: Annotated[int, typer.Option(help="Answers at which the PACS truncates")] = 0,
     report_job: Annotated[int | None, typer.Option("--report", help="Print a job's report")] = None,
     csv_out: Annotated[bool, typer.Option("--csv", help="The report as CSV")] = False,
-    wait: WAIT_OPT = False,
+    wait: FOLLOW_OPT = True,
     as_json: JSON_OPT = False,
 ) -> None:
-    """Migrate a legacy PACS into the archive (the running broker does it), or show a report;
-    with --wait, exit 1 if any study has a discrepancy."""
+    """Migrate a legacy PACS into the archive (the running broker does it, this command follows
+    it), or show a report; exit 1 if the job fails or any study has a discrepancy. Run again
+    after a crash, it follows the job that is still active."""
     from broker.migrate import parse_source
     from storage import jobs, migration, migration_report
 
@@ -70,10 +76,12 @@ def migrate(
             find_limit=find_limit,
         )
         with archive.sessions() as session, session.begin():
-            job = migration.start(session, params, archive.settings, created_by=actor())
+            job, resumed = migration.start(session, params, archive.settings, created_by=actor())
     except ValueError as e:  # also pydantic's ValidationError and MigrationError
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(2) from None
+    if resumed:
+        console.print(f"resuming job {job.id}")
     j = queued(job, wait, as_json)
     if wait and not as_json:
         console.print(f"report: `pacsbroker migrate --report {job.id}`")

@@ -11,7 +11,7 @@ import typer
 from broker.cli_common import actor as _actor
 from broker.cli_common import console, progress, refused
 from broker.cli_common import settings as _settings
-from storage.deid.profile import DEFAULT_OPTIONS, Option
+from storage.deid.profile import DEFAULT_OPTIONS, Option, project_options
 from storage.research.models import ProjectKind
 
 research_app = typer.Typer(help="De-identified research projects and teaching collections.")
@@ -22,21 +22,27 @@ def create(
     project: Annotated[str, typer.Argument(help="Short name: a-z, 0-9 and '-'")],
     title: Annotated[str, typer.Option(help="What the project or collection is")],
     owner: Annotated[str, typer.Option(help="Who is responsible for it")],
+    purpose: Annotated[str, typer.Option(help="What the data may be used for")],
+    expires: Annotated[str, typer.Option(help="Last day of access, YYYY-MM-DD")],
     approval: Annotated[str, typer.Option(help="Ethics approval reference (e.g. REK)")] = "",
-    purpose: Annotated[str, typer.Option(help="What the data may be used for")] = "",
-    expires: Annotated[str, typer.Option(help="Last day of access, YYYY-MM-DD")] = "",
     kind: Annotated[ProjectKind, typer.Option(help="research or teaching")] = (
         ProjectKind.RESEARCH
     ),
     option: Annotated[
         list[Option] | None, typer.Option(help="Annex E options (repeat); default: all four")
     ] = None,
+    allow_encapsulated_documents: Annotated[
+        bool, typer.Option(help="Export PDF, CDA and 3D model documents with their content")
+    ] = False,
 ) -> None:
     """Create a project (or teaching collection) and its pseudonym key."""
     from storage.research import projects
     from storage.research.archive import ResearchArchive
     from storage.research.keys import KeyStore
 
+    if not purpose.strip():
+        console.print("[red]say what the data may be used for: --purpose[/red]")
+        raise typer.Exit(2)
     s = _settings()
     research = ResearchArchive(s)
     try:
@@ -54,8 +60,10 @@ def create(
                 owner=owner,
                 purpose=purpose,
                 approval=approval,
-                expires=dt.date.fromisoformat(expires) if expires else None,
-                options=option or DEFAULT_OPTIONS,
+                expires=dt.date.fromisoformat(expires),
+                options=project_options(
+                    option or DEFAULT_OPTIONS, allow_documents=allow_encapsulated_documents
+                ),
                 created_by=_actor(),
             )
             print(json.dumps(projects.describe(session, found)))
@@ -156,7 +164,7 @@ def export_cmd(
 
 @research_app.command("held-back")
 def held_back_cmd(project: str) -> None:
-    """Objects exports into the project held back (burned-in annotation, faces), and why."""
+    """Objects exports into the project held back (burned-in annotation, faces, documents)."""
     from storage.archive import Archive
     from storage.research.export import held_back
 

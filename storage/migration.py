@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import logging
 import queue
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from storage import audit, jobs
+from storage.access import Action, PeerPolicy
 from storage.migration_source import (
     LegacySource,
     Retrieved,
@@ -130,26 +132,67 @@ class MigrationParams(BaseModel):
 # --- queueing ---------------------------------------------------------------------------------
 
 
+def relay_host(settings: Settings) -> str:
+    """Where C-GET relays the PACS's objects to: our own DICOM port."""
+    return "127.0.0.1" if settings.bind_host in ("0.0.0.0", "::") else settings.bind_host
+
+
+def _addresses(host: str) -> set[str]:
+    """The addresses `host` stands for (itself when it does not resolve)."""
+    try:
+        return {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return {host}
+
+
+def _check_store(params: MigrationParams, settings: Settings) -> None:
+    """Refuse now what our C-STORE policy would refuse for every object later: the studies
+    come in under the PACS's AE title, from its host (C-MOVE) or from our relay (C-GET)."""
+    sender = relay_host(settings) if params.method == "get" else params.host
+    policy = PeerPolicy(settings)
+    for address in _addresses(sender):
+        decision = policy.decide(params.source_ae, address, Action.STORE)
+        if not decision.allowed:
+            raise MigrationError(
+                f"{params.source_ae} sends the studies to us, but {decision.reason}: add "
+                f"{params.source_ae}@{params.host} to PEERS with store permission"
+            )
+
+
 def resolve(params: MigrationParams, settings: Settings) -> MigrationParams:
     """Fill host and port from PEERS and check that the PACS may store into us."""
     peer = settings.peer(params.source_ae)
-    if settings.peers and (peer is None or not peer.store):
-        raise MigrationError(
-            f"{params.source_ae} sends the studies to us: add it to PEERS with store allowed"
-        )
     host = params.host or (peer.host if peer else "")
     port = params.port or (peer.port if peer else 0)
     if not host or not port:
         raise MigrationError(f"where is {params.source_ae}? give host and port, or add it to PEERS")
-    return params.model_copy(update={"host": host, "port": port})
+    params = params.model_copy(update={"host": host, "port": port})
+    _check_store(params, settings)
+    return params
 
 
-def start(session: Session, params: MigrationParams, settings: Settings, *, created_by: str) -> Job:
-    """Queue a migration (the caller commits); one at a time per legacy PACS."""
+def _active(session: Session, source_ae: str) -> Job | None:
+    """The queued or running migration from `source_ae`, if any (a killed broker's included)."""
+    for job in jobs.listing(session, kind=MIGRATION, limit=1000):
+        if job.state in jobs.ACTIVE and json.loads(job.params)["source_ae"] == source_ae:
+            return job
+    return None
+
+
+def start(
+    session: Session, params: MigrationParams, settings: Settings, *, created_by: str
+) -> tuple[Job, bool]:
+    """Queue a migration (the caller commits), or find the active job that migrates the same
+    PACS the same way (True): after a crash, running the same command again follows it."""
     params = resolve(params, settings)
-    for other in jobs.listing(session, kind=MIGRATION, limit=1000):
-        if other.state in jobs.ACTIVE and json.loads(other.params)["source_ae"] == params.source_ae:
-            raise MigrationError(f"job {other.id} already migrates from {params.source_ae}")
+    other = _active(session, params.source_ae)
+    if other is not None:
+        if MigrationParams(**json.loads(other.params)) == params:
+            return other, True
+        raise MigrationError(
+            f"job {other.id} already migrates from {params.source_ae} with other parameters: "
+            f"follow it (pacsbroker jobs show {other.id} --wait) or cancel it first"
+        )
     job = jobs.enqueue(session, MIGRATION, params.model_dump(), created_by=created_by)
     assert job is not None  # no dedupe key: always queued
     audit.record(
@@ -160,7 +203,7 @@ def start(session: Session, params: MigrationParams, settings: Settings, *, crea
         action="migration-start",
         detail=f"from {params.source_ae}@{params.host}:{params.port} {params.since}-{params.until}",
     )
-    return job
+    return job, False
 
 
 # --- the study rows ---------------------------------------------------------------------------

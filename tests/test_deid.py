@@ -21,6 +21,7 @@ from storage.deid import burnedin
 from storage.deid.deidentify import Deidentifier, is_well_known
 from storage.deid.profile import DEFAULT_OPTIONS, Option, action
 from storage.deid.pseudonyms import ProjectKey
+from storage.patientmodule import PatientModule
 from storage.research.export import encode
 from storage.settings import PixelMask
 from tests.conftest import SAMPLES
@@ -308,3 +309,97 @@ def test_burned_in_annotation_held_back_unless_masked(tmp_path: Path) -> None:
     burnedin.apply_mask(us, us_mask)
     assert int(us.pixel_array[:10].max()) == 0
     assert not us.file_meta.TransferSyntaxUID.is_compressed
+
+
+def encapsulated_pdf(source: Path, folder: Path, text: str) -> Path:
+    """An Encapsulated PDF in the source's study whose document names the patient."""
+    src = dcmread(source)
+    ds = Dataset()
+    for keyword in (
+        "PatientName",
+        "PatientID",
+        "IssuerOfPatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "StudyInstanceUID",
+        "StudyDate",
+        "StudyTime",
+        "AccessionNumber",
+        "ReferringPhysicianName",
+        "StudyID",
+    ):
+        setattr(ds, keyword, src[keyword].value)
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.104.1"
+    ds.SOPInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "DOC", 77, 1
+    ds.ConversionType, ds.Manufacturer, ds.BurnedInAnnotation = "WSD", "Acme", "YES"
+    ds.ContentDate, ds.ContentTime, ds.AcquisitionDateTime = src.StudyDate, "101500", ""
+    ds.DocumentTitle, ds.ConceptNameCodeSequence = "Referral", []
+    ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+    document = f"%PDF-1.4\n% {text}\n%%EOF\n".encode()
+    ds.EncapsulatedDocument = document + b"\0" * (len(document) % 2)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "referral-pdf.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_encapsulated_documents_held_back_unless_allowed(tmp_path: Path) -> None:
+    ds = dcmread(encapsulated_pdf(KARI_CT[0], tmp_path, "Nordmann Kari 12846101282"))
+    for kind in range(1, 6):  # PDF, CDA, STL, OBJ, MTL
+        ds.SOPClassUID = f"1.2.840.10008.5.1.4.1.1.104.{kind}"
+        assert "encapsulated" in burnedin.screen(ds, []).reason
+        assert burnedin.screen(ds, [], allow_documents=True) == burnedin.Screening()
+    # the project option is no Annex E option: no table column, no method code
+    options = DEFAULT_OPTIONS | {Option.ALLOW_ENCAPSULATED_DOCUMENTS}
+    assert Option.ALLOW_ENCAPSULATED_DOCUMENTS not in DEFAULT_OPTIONS
+    assert action(0x0008103E, options) == "C"
+    out = dcmread(BytesIO(encode(deidentifier(options)(ds))))
+    assert [i.CodeValue for i in out.DeidentificationMethodCodeSequence] == [
+        "113100",
+        "113107",
+        "113108",
+        "113105",
+        "113109",
+    ]
+
+
+def test_cleaning_keeps_codes_and_values_that_must_not_be_empty(tmp_path: Path) -> None:
+    ds = dcmread(KARI_CT[0])
+    ds.PatientName = "Test^S R"
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "CT-THX", "TEST", "Test CT"
+    request = Dataset()
+    request.ScheduledProcedureStepID = ds.AccessionNumber
+    request.ScheduledProtocolCodeSequence = [code]
+    ds.RequestAttributesSequence = [request]
+    ds.ProcedureCodeSequence = [code]
+    source = tmp_path / "test-patient.dcm"
+    ds.save_as(source, enforce_file_format=True)
+    out, target = run(deidentifier(), source, tmp_path, "out.dcm")
+    assert dciodvfy_errors(target) == []
+    result = dcmread(BytesIO(out))
+    for item in (result.ProcedureCodeSequence[0], result.RequestAttributesSequence[0]):
+        kept = item.get("ScheduledProtocolCodeSequence", [item])[0]
+        assert (kept.CodeValue, kept.CodingSchemeDesignator, kept.CodeMeaning) == (
+            "CT-THX",
+            "TEST",
+            "Test CT",
+        )
+    step_id = result.RequestAttributesSequence[0].ScheduledProcedureStepID
+    assert step_id and step_id != ds.AccessionNumber
+
+
+def test_text_is_cleaned_of_the_stored_identity_and_the_pas_one(tmp_path: Path) -> None:
+    ds = dcmread(KARI_CT[0])
+    ds.PatientID, ds.PatientName = "LEGACY-4711", "Nordman^Kari"  # as the old PACS had it
+    ds.StudyDescription = "CT thorax Nordman LEGACY-4711 f. 19610412"
+    pas = PatientModule("12846101282", "2.16.578.1.12.4.1.4.1", "Nordmann^Kari", "19610412", "F")
+    deid = deidentifier()
+    result = dcmread(BytesIO(encode(deid(ds, patient=pas))))
+    assert result.StudyDescription == "CT thorax f."
+    assert result.PatientID == deid.key.pseudonym(pas.patient_id, pas.issuer)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from pydicom.uid import generate_uid
 
 from storage.archive import Archive, sha256_of
 from storage.dicomheader import dataset_offset
-from storage.migration import Hours
+from storage.migration import Hours, MigrationError, MigrationParams, resolve
 from storage.migration_windows import (
     MIN_SLICE,
     Answer,
@@ -29,9 +30,10 @@ from storage.migration_windows import (
     step,
 )
 from storage.models import Conflict, Instance
-from tests.conftest import SAMPLES, Broker
+from storage.settings import Peer, Settings
+from tests.conftest import PACSBROKER, SAMPLES, Broker
 from tests.orthanc import Orthanc
-from tests.test_prefetch import api, wait_job
+from tests.test_prefetch import api
 
 CAP = 2
 BAD_ID = "12345678901"  # 11 digits with wrong check digits: ingest quarantines its patient
@@ -171,8 +173,27 @@ def test_kill9_mid_migration_resumes_without_duplicates(
         assert time.time() < deadline, "migration made no progress"
         time.sleep(0.1)
     b.kill9()
+    # the job is still "running": the same migration is that job, another one is refused
+    same = ("migrate", "--from", "ORTHANC", "--pause", "0.3", "--find-limit", str(CAP), "--json")
+    queued = b.cli(*same, "--background")
+    assert queued.returncode == 0 and f"resuming job {job['id']}" in queued.stderr
+    assert json.loads(queued.stdout)["id"] == job["id"]
+    other = b.cli("migrate", "--from", "ORTHANC", "--since", "20200101", "--background")
+    assert other.returncode == 2 and "other parameters" in other.stderr
+    # the documented recovery: the same command again, which follows the job until it ends
+    again = subprocess.Popen(
+        [str(PACSBROKER), *same],
+        env=b.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert again.stderr and again.stderr.readline().strip() == f"resuming job {job['id']}"
     b.start()
-    done = wait_job(b, job["id"], timeout=60)
+    out, err = again.communicate(timeout=120)
+    assert again.returncode == 1, err  # 1: the quarantined study's discrepancy
+    done = json.loads(out)
+    assert done["id"] == job["id"], done
     assert done["state"] == "succeeded" and done["attempts"] >= 2, done
     res = done["result"]
     assert res["studies"] == len(PLAN) and res["verified"] == len(PLAN) - 1
@@ -331,3 +352,21 @@ def test_allowed_hours() -> None:
     assert Hours("08:30-16").wait(at(8)) == 1800 and Hours("").wait(at(3)) == 0
     with pytest.raises(ValueError):
         Hours("7")
+
+
+def test_a_source_our_store_policy_refuses_is_refused_at_once(tmp_path: Path) -> None:
+    """The PACS's C-MOVE sub-operations store under its AE title from its host: a source that
+    C-STORE would refuse is refused when the job is asked for, not study by study later."""
+    no_peers = Settings(data_dir=tmp_path)  # only loopback may store
+    remote = MigrationParams(source_ae="EYEPACS", host="10.1.2.3", port=104)
+    with pytest.raises(MigrationError) as refused:
+        resolve(remote, no_peers)
+    assert "add EYEPACS@10.1.2.3 to PEERS with store permission" in str(refused.value)
+    assert resolve(remote.model_copy(update={"host": "localhost"}), no_peers).port == 104
+    assert resolve(remote.model_copy(update={"method": "get"}), no_peers)  # relayed by us
+    peer = Peer(ae="EYEPACS", host="10.1.2.3")
+    known = resolve(MigrationParams(source_ae="EYEPACS"), Settings(data_dir=tmp_path, peers=[peer]))
+    assert (known.host, known.port) == ("10.1.2.3", 104)
+    mute = Settings(data_dir=tmp_path, peers=[peer.model_copy(update={"store": False})])
+    with pytest.raises(MigrationError, match="not allowed to store"):
+        resolve(remote, mute)

@@ -25,7 +25,7 @@ from storage.archive import Archive
 from storage.models import AuditEvent
 from tests.conftest import SAMPLES, Broker
 from tests.dciodvfy import errors as dciodvfy_errors
-from tests.test_deid import assert_clean, identity, walk
+from tests.test_deid import assert_clean, encapsulated_pdf, identity, walk
 from tests.test_dicomweb import send, token
 from tests.test_dimse import wait_instances
 
@@ -102,8 +102,10 @@ def studies_by_modality(web: DICOMwebClient) -> dict[str, dict[str, Any]]:
 def test_research_export_view_and_access(loaded: tuple[Broker, Path], tmp_path: Path) -> None:
     b, burned = loaded
     research_dir = b.data_dir / "research"
-    create = ("research", "create", "--title", "Lung nodules", "--owner", "dr-forsker")
-    cli_json(b, *create, "lungs", "--approval", "REK 2025/12345", "--expires", "2099-12-31")
+    create: tuple[str, ...] = ("research", "create", "--title", "Lung nodules")
+    create += ("--owner", "dr-forsker", "--purpose", "Growth of lung nodules")
+    create += ("--expires", "2099-12-31")
+    cli_json(b, *create, "lungs", "--approval", "REK 2025/12345")
     cli_json(b, *create, "other", "--approval", "REK 2025/99")
 
     # export of 3 studies from the CLI, then again: the second run finds it all done
@@ -227,16 +229,16 @@ def test_teaching_collection(loaded: tuple[Broker, Path]) -> None:
                 "kind": "teaching",
                 "title": "Thorax CT",
                 "owner": "dr-lærer",
+                "purpose": "Teaching chest radiology",
+                "expires": "2099-12-31",
             },
         )
         assert r.status_code == 201, r.text
         assert r.json()["role"] == "teaching:thorax-teaching"
+        bare = {"project": "no-approval", "title": "x", "owner": "y"}
+        bounded = {**bare, "purpose": "z", "expires": "2099-12-31"}
         assert (
-            admin.post(
-                "/api/v1/admin/research/projects",
-                json={"project": "no-approval", "title": "x", "owner": "y"},
-            ).status_code
-            == 409
+            admin.post("/api/v1/admin/research/projects", json=bounded).status_code == 409
         )  # a research project needs its ethics approval reference
         run_job(admin, "thorax-teaching", {"filters": {"ModalitiesInStudy": "CT"}})
     with http(b, "teaching:thorax-teaching") as teacher:
@@ -304,3 +306,61 @@ def test_research_store_is_its_own_bucket(minio: Any, tmp_path: Path) -> None:
     assert key_file.stat().st_mode & 0o777 == 0o600
     assert key_file.parent.stat().st_mode & 0o777 == 0o700
     assert not list((tmp_path / "research").rglob("*.key"))
+
+
+def test_research_roles_cannot_read_the_clinical_status(broker_factory: Any) -> None:
+    b = broker_factory().start()
+    for role in ("research:lungs", "teaching:thorax"):
+        with http(b, role) as outsider:
+            assert outsider.get("/api/v1/status").status_code == 403
+    for role in ("clinician", ADMIN):
+        with http(b, role) as reader:
+            r = reader.get("/api/v1/status")
+            assert r.status_code == 200 and "archive" in r.json()
+    with http(b, None) as anonymous:
+        assert anonymous.get("/api/v1/status").status_code == 401
+
+
+def test_projects_need_purpose_and_expiry(broker_factory: Any) -> None:
+    b = broker_factory().start()
+    create = ("research", "create", "other", "--title", "x", "--owner", "y", "--approval", "REK 2")
+    for missing in ("--expires", "--purpose"):
+        given = {"--expires": "2099-12-31", "--purpose": "Growth of lung nodules"}
+        given.pop(missing)
+        r = b.cli(*create, *(a for pair in given.items() for a in pair))
+        assert r.returncode == 2 and missing in r.stderr, r.stderr
+    body = {"project": "other", "title": "x", "owner": "y", "approval": "REK 2"}
+    with http(b, ADMIN) as admin:
+        for extra in (
+            {"purpose": "z"},
+            {"expires": "2099-12-31"},
+            {"purpose": " ", "expires": "2099-12-31"},
+        ):
+            r = admin.post("/api/v1/admin/research/projects", json={**body, **extra})
+            assert r.status_code == 422, r.text
+        assert admin.get("/api/v1/admin/research/projects").json() == []
+
+
+def test_encapsulated_documents_only_where_the_project_allows_them(
+    broker_factory: Any, tmp_path: Path
+) -> None:
+    b = broker_factory().start()
+    kari = next((SAMPLES / "kari-ct").glob("*.dcm"))
+    pdf = encapsulated_pdf(kari, tmp_path / "doc", "Referral for Nordmann Kari, 12846101282")
+    send(b, pdf.parent)
+    wait_instances(b, 1)
+    create = ("research", "create", "--owner", "o", "--purpose", "Referrals", "--approval", "R 1")
+    until = ("--expires", "2099-12-31")
+    cli_json(b, *create, *until, "plain", "--title", "Images only")
+    allow = ("--title", "Letters", "--allow-encapsulated-documents")
+    letters = cli_json(b, *create, *until, "letters", *allow)
+    assert "allow_encapsulated_documents" in letters["options"]
+    study = ("--json", "--study", str(dcmread(pdf).StudyInstanceUID))
+    held = cli_json(b, "research", "export", "plain", *study)
+    assert held["exported"] == 0 and len(held["held_back"]) == 1
+    assert "encapsulated PDF document" in held["held_back"][0]["reason"]
+    assert not list((b.data_dir / "research" / "archive").rglob("*.dcm"))
+    taken = cli_json(b, "research", "export", "letters", *study)
+    assert taken["exported"] == 1 and taken["held_back"] == []
+    (out,) = (b.data_dir / "research" / "archive").rglob("*.dcm")
+    assert dcmread(out).EncapsulatedDocument == dcmread(pdf).EncapsulatedDocument

@@ -25,7 +25,7 @@ def router(archive: Archive) -> APIRouter:
     def start_migration(body: MigrationParams, who: Admin) -> JobOut:
         with archive.sessions() as session, session.begin():
             try:
-                job = start(session, body, archive.settings, created_by=who.user)
+                job, _resumed = start(session, body, archive.settings, created_by=who.user)
             except MigrationError as e:
                 raise HTTPException(409, str(e)) from None
             return JobOut(**jobs.as_dict(job))

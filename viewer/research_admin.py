@@ -7,11 +7,11 @@ import datetime as dt
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints
 
 from storage import jobs
 from storage.archive import Archive
-from storage.deid.profile import DEFAULT_OPTIONS, Option
+from storage.deid.profile import DEFAULT_OPTIONS, Option, project_options
 from storage.research import export_job, projects
 from storage.research.export import Selection, held_back
 from storage.research.keys import KeyMissing, KeyStore
@@ -29,10 +29,15 @@ class ProjectIn(BaseModel):
     kind: ProjectKind = ProjectKind.RESEARCH
     title: str
     owner: str
-    purpose: str = ""
+    purpose: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)] = Field(
+        description="What the data may be used for"
+    )
     approval: str = Field(default="", description="Ethics approval reference (research: required)")
-    expires: dt.date | None = None
+    expires: dt.date = Field(description="Last day of access")
     options: list[Option] = Field(default_factory=lambda: sorted(DEFAULT_OPTIONS))
+    allow_encapsulated_documents: bool = Field(
+        default=False, description="Export PDF, CDA and 3D model documents with their content"
+    )
 
 
 class ExportIn(BaseModel):
@@ -69,7 +74,9 @@ def router(archive: Archive, views: ResearchViews) -> APIRouter:
                     purpose=body.purpose,
                     approval=body.approval,
                     expires=body.expires,
-                    options=body.options,
+                    options=project_options(
+                        body.options, allow_documents=body.allow_encapsulated_documents
+                    ),
                     created_by=who.user,
                 )
             except projects.ProjectError as e:

@@ -3,7 +3,8 @@
 Header de-identification cannot reach text drawn into the pixels. An object that declares
 such text, or is of a kind that usually carries it (secondary capture, ultrasound, visible-light
 photographs) without declaring itself clean, is held back unless a configured mask for its
-device covers it.
+device covers it. Nor can it reach the bytes of an encapsulated document (a referral letter
+as PDF names its patient): those are held back unless the project allows them.
 """
 
 from __future__ import annotations
@@ -34,6 +35,15 @@ RISKY_CLASSES = {
     )
 }
 
+# Encapsulated documents: their content is the document's own bytes, kept as they are.
+DOCUMENT_CLASSES = {
+    UID("1.2.840.10008.5.1.4.1.1.104.1"): "PDF",
+    UID("1.2.840.10008.5.1.4.1.1.104.2"): "CDA",
+    UID("1.2.840.10008.5.1.4.1.1.104.3"): "STL",
+    UID("1.2.840.10008.5.1.4.1.1.104.4"): "OBJ",
+    UID("1.2.840.10008.5.1.4.1.1.104.5"): "MTL",
+}
+
 
 @dataclass(frozen=True)
 class Screening:
@@ -58,8 +68,15 @@ def _covers(mask: PixelMask, ds: Dataset) -> bool:
     )
 
 
-def screen(ds: Dataset, masks: list[PixelMask]) -> Screening:
-    """Whether `ds` may be exported, and with which mask."""
+def screen(ds: Dataset, masks: list[PixelMask], *, allow_documents: bool = False) -> Screening:
+    """Whether `ds` may be exported, and with which mask; encapsulated documents only if
+    `allow_documents`."""
+    document = DOCUMENT_CLASSES.get(UID(str(ds.get("SOPClassUID", ""))))
+    if document and not allow_documents:
+        return Screening(
+            f"encapsulated {document} document: its content is not de-identified, and the "
+            "project does not allow encapsulated documents"
+        )
     if _text(ds, "RecognizableVisualFeatures").upper() == "YES":
         return Screening("recognizable visual features (a face, for instance) in the pixels")
     declared = _text(ds, "BurnedInAnnotation").upper()

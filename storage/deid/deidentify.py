@@ -4,7 +4,7 @@ Attributes the table lists get its action under the project's options. Attribute
 list are handled by their value representation, because a table of one edition cannot know
 the attributes later editions add: UIDs are replaced (except well-known DICOM UIDs and class or
 coding-scheme identifiers), dates shifted or emptied, person names replaced, and free text
-cleaned of the patient's known identifiers.
+cleaned of the patient's known identifiers: those of the stored header and those PAS has now.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from pydicom.uid import UID_dictionary
 
 from storage.deid.profile import Option, action, method_codes
 from storage.deid.pseudonyms import ProjectKey
+from storage.patientmodule import PatientModule
+from storage.patientmodule import apply as apply_patient
 
 _TEXT = {"LO", "SH", "ST", "LT", "UT", "UC"}
 # UIDs that name a class, a transfer syntax or a coding scheme rather than an instance.
@@ -76,6 +78,22 @@ _STUDY_ID = 0x00200010
 _ID_KEYWORDS = ("PatientID", "AccessionNumber", "OtherPatientIDs", "MedicalRecordLocator")
 _NAME_KEYWORDS = ("PatientName", "OtherPatientNames", "PatientBirthName", "PatientMotherBirthName")
 _TOP_LEVEL_SET = {_PATIENT_NAME, _PATIENT_ID, _ISSUER, _BIRTH_DATE, _STUDY_ID}
+# Coded concepts name terms of a terminology, not people; cleaning them (a scheme 'TEST' for a
+# patient 'Test^S R') would break the code and leave Type 1 attributes empty.
+_CODE_TAGS = {
+    int(t)
+    for t in (
+        tag_for_keyword(k)
+        for k in (
+            "CodeValue",
+            "CodingSchemeDesignator",
+            "CodingSchemeVersion",
+            "CodeMeaning",
+            "LongCodeValue",
+        )
+    )
+    if t is not None
+}
 
 
 def is_well_known(uid: str) -> bool:
@@ -94,7 +112,7 @@ class Subject:
     scrub: re.Pattern[str]
 
 
-def _terms(ds: Dataset) -> list[str]:
+def _terms(ds: Dataset) -> set[str]:
     """The identifying strings free text must not repeat: IDs, name parts, birth date."""
     terms: list[str] = []
     for keyword in _ID_KEYWORDS:
@@ -106,7 +124,7 @@ def _terms(ds: Dataset) -> list[str]:
     if len(birth) == 8 and birth.isdigit():
         y, m, d = birth[:4], birth[4:6], birth[6:]
         terms += [birth, f"{d}.{m}.{y}", f"{d}{m}{y[2:]}", f"{y}-{m}-{d}", f"{d}/{m}/{y}"]
-    return sorted({t for t in terms if t}, key=len, reverse=True)
+    return {t for t in terms if t}
 
 
 def _values(value: Any) -> list[Any]:
@@ -114,7 +132,9 @@ def _values(value: Any) -> list[Any]:
 
 
 def _pattern(terms: Iterable[str]) -> re.Pattern[str]:
-    alternatives = [rf"(?<!\w){re.escape(t)}(?!\w)" for t in terms] + [_NATIONAL_ID]
+    # longest first, so that a whole name goes before one of its parts can match
+    ordered = sorted(set(terms), key=len, reverse=True)
+    alternatives = [rf"(?<!\w){re.escape(t)}(?!\w)" for t in ordered] + [_NATIONAL_ID]
     return re.compile("|".join(alternatives), re.IGNORECASE)
 
 
@@ -127,7 +147,8 @@ class Deidentifier:
         self.issuer = issuer
         self.shift_dates = Option.RETAIN_LONG_MODIFIED_DATES in self.options
 
-    def subject(self, ds: Dataset) -> Subject:
+    def subject(self, ds: Dataset, earlier: Iterable[str] = ()) -> Subject:
+        """Whose `ds` is; free text loses its identifiers and the `earlier` ones as well."""
         pid = str(ds.get("PatientID") or "")
         issuer = str(ds.get("IssuerOfPatientID") or "")
         return Subject(
@@ -135,12 +156,19 @@ class Deidentifier:
             issuer,
             self.key.pseudonym(pid, issuer),
             self.key.date_shift(pid, issuer),
-            _pattern(_terms(ds)),
+            _pattern(_terms(ds) | set(earlier)),
         )
 
-    def __call__(self, ds: Dataset, *, pixels_cleaned: bool = False) -> Dataset:
-        """De-identify `ds` in place (its pixel data untouched) and give it new file meta."""
-        who = self.subject(ds)
+    def __call__(
+        self, ds: Dataset, *, pixels_cleaned: bool = False, patient: PatientModule | None = None
+    ) -> Dataset:
+        """De-identify `ds` in place (its pixel data untouched) and give it new file meta;
+        `patient` (PAS's patient module) replaces the header's, not its terms in free text."""
+        # text typed under an old ID or name spelling still carries it: collect it first
+        stored = _terms(ds)
+        if patient is not None:
+            ds = apply_patient(ds, patient)
+        who = self.subject(ds, stored)
         self._walk(ds, who, top=True)
         ds.PatientName = who.pseudonym
         ds.PatientID = who.pseudonym
@@ -170,8 +198,8 @@ class Deidentifier:
         for key in list(ds.keys()):
             tag = int(key)
             group = tag >> 16
-            if top and tag in _TOP_LEVEL_SET:
-                continue  # set after the walk
+            if (top and tag in _TOP_LEVEL_SET) or tag in _CODE_TAGS:
+                continue  # set after the walk, or a code
             if (
                 group % 2 == 1  # private
                 or tag & 0xFFFF == 0  # group lengths would be stale
@@ -261,7 +289,7 @@ class Deidentifier:
         if vr == "DT":
             return _map(elem.value, lambda v: _shift(str(v), who.shift_days, 8, keep_rest=True))
         if vr in _TEXT or vr == "PN":
-            return _map(elem.value, lambda v: _scrub(str(v), who.scrub))
+            return _map(elem.value, lambda v: _scrub(str(v), who.scrub, _DUMMY[vr]))
         return elem.value  # times keep their time of day; numbers carry no identity
 
 
@@ -284,5 +312,8 @@ def _shift(value: str, days: int, width: int, keep_rest: bool = False) -> str:
     return moved.strftime("%Y%m%d") + rest
 
 
-def _scrub(text: str, pattern: re.Pattern[str]) -> str:
-    return " ".join(pattern.sub(" ", text).split())
+def _scrub(text: str, pattern: re.Pattern[str], dummy: str) -> str:
+    """`text` without the identifiers; a value that was nothing but them becomes `dummy`
+    (Annex E's D), since the attribute may be one that must not be empty."""
+    cleaned = " ".join(pattern.sub(" ", text).split())
+    return cleaned if cleaned or not text.strip() else dummy

@@ -12,15 +12,20 @@ from storage.deid.annex_e import COLUMNS, TABLE
 
 
 class Option(StrEnum):
-    """The Annex E options this de-identifier implements (values name Table E.1-1 columns)."""
+    """What a project chooses: the Annex E options this de-identifier implements (values name
+    Table E.1-1 columns), and whether encapsulated documents may leave."""
 
     RETAIN_LONG_MODIFIED_DATES = "retain_long_modified_dates"
     RETAIN_PATIENT_CHARACTERISTICS = "retain_patient_characteristics"
     CLEAN_DESCRIPTORS = "clean_descriptors"
     RETAIN_DEVICE_IDENTITY = "retain_device_identity"
+    # No Annex E option: a document's own bytes (PDF, CDA, 3D models) leave as they are, which
+    # header de-identification cannot reach; only a project that says so takes them.
+    ALLOW_ENCAPSULATED_DOCUMENTS = "allow_encapsulated_documents"
 
 
-DEFAULT_OPTIONS = frozenset(Option)
+ANNEX_E_OPTIONS = frozenset(o for o in Option if o.value in COLUMNS)
+DEFAULT_OPTIONS = ANNEX_E_OPTIONS
 
 # PS3.16 CID 7050 as pydicom ships it, so the codes are not typed in here.
 _CID_7050 = codes.CID7050
@@ -34,7 +39,7 @@ OPTION_CODES = {
     Option.CLEAN_DESCRIPTORS: _CID_7050.CleanDescriptorsOption,
     Option.RETAIN_DEVICE_IDENTITY: _CID_7050.RetainDeviceIdentityOption,
 }
-_OPTION_COLUMN = {opt: COLUMNS.index(opt.value) - 1 for opt in Option}
+_OPTION_COLUMN = {opt: COLUMNS.index(opt.value) - 1 for opt in ANNEX_E_OPTIONS}
 
 
 def _row(tag: int) -> tuple[str, str, str] | None:
@@ -53,11 +58,17 @@ def action(tag: int, options: Iterable[Option]) -> str | None:
     if row is None:
         return None
     _name, basic, per_option = row
-    chosen = {per_option[_OPTION_COLUMN[opt]] for opt in options} - {"."}
+    chosen = {per_option[_OPTION_COLUMN[o]] for o in options if o in _OPTION_COLUMN} - {"."}
     for letter in ("K", "C", "X"):
         if letter in chosen:
             return letter
     return basic
+
+
+def project_options(options: Iterable[Option], *, allow_documents: bool) -> frozenset[Option]:
+    """A project's options: the Annex E ones it takes, and encapsulated documents if allowed."""
+    extra = {Option.ALLOW_ENCAPSULATED_DOCUMENTS} if allow_documents else set()
+    return frozenset(options) | extra
 
 
 def method_codes(options: Iterable[Option], pixels_cleaned: bool) -> list[Dataset]:
@@ -65,7 +76,7 @@ def method_codes(options: Iterable[Option], pixels_cleaned: bool) -> list[Datase
     chosen = [BASIC_PROFILE_CODE]
     if pixels_cleaned:
         chosen.append(CLEAN_PIXEL_DATA_CODE)
-    chosen += [OPTION_CODES[o] for o in Option if o in set(options)]
+    chosen += [code for o, code in OPTION_CODES.items() if o in set(options)]
     items = []
     for code in chosen:
         item = Dataset()

@@ -26,6 +26,7 @@ from storage import audit, catalog, outbound, registry, transcode
 from storage.archive import Archive, object_key, sha256_of
 from storage.deid import burnedin
 from storage.deid.deidentify import Deidentifier
+from storage.deid.profile import Option
 from storage.demographics import Demographics, Identifier
 from storage.dicomheader import parse
 from storage.models import AuditEvent, Instance, Patient, PatientStatus, utcnow
@@ -137,6 +138,7 @@ class Exporter:
         self.slug, self.scope = project.slug, project.scope
         self.key = keys.load(slug)
         self.deid = Deidentifier(self.key, project.deid_options, project.scope)
+        self.allow_documents = Option.ALLOW_ENCAPSULATED_DOCUMENTS in project.deid_options
 
     def run(
         self, selection: Selection, *, actor: str, source: str, progress: Progress | None = None
@@ -184,9 +186,9 @@ class Exporter:
     ) -> None:
         series_uid = ""
         try:
-            ds = outbound.load(self.clinical.store, inst, pm)
+            ds = outbound.stored(self.clinical.store, inst)  # deid applies PAS's patient module
             series_uid = str(ds.get("SeriesInstanceUID", series_uid))
-            verdict = burnedin.screen(ds, self.masks)
+            verdict = burnedin.screen(ds, self.masks, allow_documents=self.allow_documents)
             if verdict.reason:
                 report.held_back.append(
                     HeldBack(study_uid, series_uid, inst.sop_uid, verdict.reason)
@@ -194,7 +196,7 @@ class Exporter:
                 return
             if verdict.mask is not None:
                 burnedin.apply_mask(ds, verdict.mask)
-            data = encode(self.deid(ds, pixels_cleaned=verdict.mask is not None))
+            data = encode(self.deid(ds, pixels_cleaned=verdict.mask is not None, patient=pm))
             header = parse(data)
             sha = sha256_of(data)
             key = object_key(header, sha)
