@@ -40,7 +40,9 @@ def _to_little_endian(ds: Dataset) -> None:
     still known, so values (not raw big-endian bytes) are written out."""
     for _ in ds.iterall():
         pass
-    if "PixelData" in ds:
+    # Bit-packed (1-bit) pixel data is a byte stream in either byte order: kept as it is, as
+    # unpacking it would write one byte per pixel under Bits Allocated 1.
+    if "PixelData" in ds and ds.get("BitsAllocated") != 1:
         arr = ds.pixel_array
         ds.PixelData = arr.astype(arr.dtype.newbyteorder("<")).tobytes()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian

@@ -3,8 +3,10 @@
 Attributes the table lists get its action under the project's options. Attributes it does not
 list are handled by their value representation, because a table of one edition cannot know
 the attributes later editions add: UIDs are replaced (except well-known DICOM UIDs and class or
-coding-scheme identifiers), dates shifted or emptied, person names replaced, and free text
-cleaned of the patient's known identifiers: those of the stored header and those PAS has now.
+coding-scheme identifiers), dates shifted or emptied, person names replaced, links and unread
+(UN) values removed, and free text cleaned of the patient's known identifiers (those of the
+stored header and those PAS has now) and of written dates. Public attributes the dictionary
+does not know are removed.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
@@ -70,6 +72,20 @@ _DUMMY: dict[str, Any] = {
 }
 # Norwegian national identity numbers (and D-numbers) anywhere in free text.
 _NATIONAL_ID = r"\b\d{6}\s?\d{5}\b"
+# Dates written in text (01.03.2024, 1/3/2024, 01.03.24, 2024-03-01, 20240301) would sit
+# unshifted beside the shifted header dates. Digits or dotted numbers around one make it no
+# date (1.2.840.10008), and a two-digit year takes two-digit days and months (not 5.3.12).
+_DD, _MM, _YYYY = r"(?:0[1-9]|[12]\d|3[01])", r"(?:0[1-9]|1[0-2])", r"(?:19|20)\d\d"
+_DATES = re.compile(
+    r"(?<!\d)(?<!\d[-./])(?:"
+    rf"(?:[1-9]|{_DD})[-./](?:[1-9]|{_MM})[-./]{_YYYY}"
+    rf"|{_DD}[./]{_MM}[./]\d\d"
+    rf"|{_YYYY}-{_MM}-{_DD}"
+    rf"|{_YYYY}{_MM}{_DD}"
+    r")(?![-./]?\d)"
+)
+# no longer than the shortest date it replaces, so a cleaned value still fits its VR
+_DATE_PLACEHOLDER = "[date]"
 _PATIENT_NAME = 0x00100010
 _PATIENT_ID = 0x00100020
 _ISSUER = 0x00100021
@@ -78,8 +94,8 @@ _STUDY_ID = 0x00200010
 _ID_KEYWORDS = ("PatientID", "AccessionNumber", "OtherPatientIDs", "MedicalRecordLocator")
 _NAME_KEYWORDS = ("PatientName", "OtherPatientNames", "PatientBirthName", "PatientMotherBirthName")
 _TOP_LEVEL_SET = {_PATIENT_NAME, _PATIENT_ID, _ISSUER, _BIRTH_DATE, _STUDY_ID}
-# Coded concepts name terms of a terminology, not people; cleaning them (a scheme 'TEST' for a
-# patient 'Test^S R') would break the code and leave Type 1 attributes empty.
+# Coded concepts and coding schemes name terms of a terminology, not people; cleaning them (a
+# scheme 'TEST' for a patient 'Test^S R') would break the code and leave Type 1 attributes empty.
 _CODE_TAGS = {
     int(t)
     for t in (
@@ -90,6 +106,8 @@ _CODE_TAGS = {
             "CodingSchemeVersion",
             "CodeMeaning",
             "LongCodeValue",
+            "URNCodeValue",
+            "CodingSchemeURL",
         )
     )
     if t is not None
@@ -210,6 +228,8 @@ class Deidentifier:
                 del ds[tag]
                 continue
             act = action(tag, self.options)
+            if act is None and not keyword_for_tag(tag):
+                act = "X"  # public but unknown to the dictionary: nothing says it is safe
             # still raw: a kept value is written back unparsed; no VR (implicit) or UN is
             # parsed first, as the dictionary VR decides what an unlisted attribute needs
             vr = ds.get_item(tag).VR
@@ -263,6 +283,9 @@ class Deidentifier:
             return "D"
         if vr in _TEXT:
             return "C"
+        if vr in ("UN", "UR"):
+            # UN: any value, unread; UR: a link may carry the original UIDs (RetrieveURL)
+            return "X"
         return "K"
 
     def _uids(self, elem: DataElement) -> Any:
@@ -313,7 +336,7 @@ def _shift(value: str, days: int, width: int, keep_rest: bool = False) -> str:
 
 
 def _scrub(text: str, pattern: re.Pattern[str], dummy: str) -> str:
-    """`text` without the identifiers; a value that was nothing but them becomes `dummy`
-    (Annex E's D), since the attribute may be one that must not be empty."""
-    cleaned = " ".join(pattern.sub(" ", text).split())
+    """`text` without identifiers, its dates replaced; one of nothing but identifiers becomes
+    `dummy` (Annex E's D), since the attribute may be one that must not be empty."""
+    cleaned = " ".join(_DATES.sub(_DATE_PLACEHOLDER, pattern.sub(" ", text)).split())
     return cleaned if cleaned or not text.strip() else dummy

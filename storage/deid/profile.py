@@ -9,6 +9,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from storage.deid.annex_e import COLUMNS, TABLE
+from storage.deid.supplement import SUPPLEMENT
 
 
 class Option(StrEnum):
@@ -42,12 +43,16 @@ OPTION_CODES = {
 _OPTION_COLUMN = {opt: COLUMNS.index(opt.value) - 1 for opt in ANNEX_E_OPTIONS}
 
 
+# The generated table with the newer editions' rows over it.
+_ROWS = {**TABLE, **SUPPLEMENT}
+
+
 def _row(tag: int) -> tuple[str, str, str] | None:
     key = f"{tag:08x}"
-    row = TABLE.get(key)
+    row = _ROWS.get(key)
     if row is None and (tag >> 24) in (0x50, 0x60):
         # curves and overlays are listed once for their repeating groups
-        row = TABLE.get(key[:2] + "xx" + key[4:]) or TABLE.get(key[:2] + "xxxxxx")
+        row = _ROWS.get(key[:2] + "xx" + key[4:]) or _ROWS.get(key[:2] + "xxxxxx")
     return row
 
 
