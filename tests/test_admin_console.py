@@ -4,6 +4,7 @@ login and its limits, and the pages in headless Chromium showing rules, jobs and
 from __future__ import annotations
 
 import datetime as dt
+import getpass
 import json
 import re
 import subprocess
@@ -19,7 +20,11 @@ from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
+from sqlalchemy import select
 
+from storage import jobs
+from storage.archive import Archive
+from storage.models import AuditEvent
 from tests.conftest import PACSBROKER, SAMPLES, Broker, free_port
 from tests.dcmtk import storescu
 from tests.test_browser import browser  # noqa: F401  (the headless Chromium fixture)
@@ -299,3 +304,97 @@ def test_admin_pages_in_chromium(broker: Broker, browser: WebDriver) -> None:  #
             and "#" in d.find_element(By.ID, "jobs-table").text
         )
     )
+
+
+def test_console_page_takes_a_bearer_token(broker: Broker) -> None:
+    url = f"http://127.0.0.1:{broker.http_port}/admin"
+    key = signing_key(broker.data_dir)
+
+    def page(token: str) -> httpx.Response:
+        return httpx.get(url, params={"lang": "en"}, headers={"Authorization": f"Bearer {token}"})
+
+    admin = page(issue_token(key, "rita", "radiology-admin"))
+    assert admin.status_code == 200 and "Signed in as" in admin.text and "rita" in admin.text
+    clinician = page(issue_token(key, "dr", "clinician"))
+    assert clinician.status_code == 403 and "radiology-admin" in clinician.text
+    forged = page(issue_token(key, "rita", "radiology-admin")[:-4] + "AAAA")
+    assert forged.status_code == 401 and "Signed in as" not in forged.text
+
+
+def _audited(b: Broker, actor: str) -> list[tuple[str, str, str]]:
+    """(action, detail, patient ID) of the actor's audit events, oldest first."""
+    archive = Archive(b.settings())
+    try:
+        with archive.sessions() as session:
+            rows = session.scalars(
+                select(AuditEvent).where(AuditEvent.actor == actor).order_by(AuditEvent.id)
+            ).all()
+            return [(e.action, e.detail, e.patient_id) for e in rows]
+    finally:
+        archive.close()
+
+
+def test_job_and_prefetch_rule_changes_are_audited(broker: Broker) -> None:
+    archive = Archive(broker.settings())
+    try:
+        with archive.sessions() as session, session.begin():
+            # a kind no runner handles: it stays queued until cancelled
+            job = jobs.enqueue(session, "audit-probe", created_by="test")
+            assert job is not None
+            job_id = job.id
+    finally:
+        archive.close()
+    with client(broker, "jonas") as api:
+        assert api.post(f"/jobs/{job_id}/cancel").status_code == 200
+        assert api.post(f"/jobs/{job_id}/retry").status_code == 200
+        rule = {"name": "audit-prefetch", "modalities": ["CT"], "years": 2}
+        added = api.post("/prefetch/rules", json=rule).json()
+        path = f"/prefetch/rules/{added['id']}"
+        assert api.put(path, json={**rule, "years": 4}).status_code == 200
+        assert api.delete(path).status_code == 204
+    assert broker.cli("jobs", "cancel", str(job_id)).returncode == 0
+    assert broker.cli("jobs", "retry", str(job_id)).returncode == 0
+    assert broker.cli("jobs", "cancel", str(job_id)).returncode == 0
+
+    probe = f"job {job_id} (audit-probe)"
+    actions = [(a, d) for a, d, _ in _audited(broker, "jonas")]
+    assert actions[:2] == [("job-cancel", probe), ("job-retry", probe)]
+    assert [a for a, _ in actions[2:]] == [
+        "prefetch-rule-add",
+        "prefetch-rule-update",
+        "prefetch-rule-delete",
+    ]
+    assert '"years":4' in actions[3][1] and "audit-prefetch" in actions[4][1]
+    cli = [(a, d) for a, d, _ in _audited(broker, f"cli:{getpass.getuser()}") if d == probe]
+    assert cli == [("job-cancel", probe), ("job-retry", probe), ("job-cancel", probe)]
+
+
+def test_manual_prefetch_is_audited(broker_factory: Any, tmp_path: Path) -> None:
+    b = broker_factory({"PACSBROKER_NEAR_DIR": str(tmp_path / "near"), **QUIET}).start()
+    ola = sorted((SAMPLES / "ola-cr").glob("*.dcm"))
+    assert storescu(b.dicom_port, ola).returncode == 0
+    wait_instances(b, len(ola))
+    first = dcmread(ola[0])
+    with client(b, "jonas") as api:
+        r = api.post("/prefetch", json={"patient_id": str(first.PatientID)})
+        assert r.status_code == 202, r.text
+    (event,) = _audited(b, "jonas")
+    assert event == ("prefetch-start", f"job {r.json()['id']}: 1 studies", str(first.PatientID))
+
+
+def test_api_description_needs_a_token(broker: Broker) -> None:
+    base = f"http://127.0.0.1:{broker.http_port}"
+    for path in ("/docs", "/openapi.json"):
+        assert httpx.get(base + path).status_code == 401
+    assert httpx.get(base + "/redoc").status_code == 404
+    tok = issue_token(signing_key(broker.data_dir), "dr", "clinician")
+    auth = {"Authorization": f"Bearer {tok}"}
+    schema = httpx.get(base + "/openapi.json", headers=auth)
+    assert schema.status_code == 200 and "/epj/v1/links" in schema.json()["paths"]
+    docs = httpx.get(base + "/docs", headers=auth)
+    assert docs.status_code == 200 and "/openapi.json" in docs.text
+    # Swagger UI fetches the schema with what the browser has: the console's session cookie
+    cookie = {
+        "pacsbroker_admin": issue_token(signing_key(broker.data_dir), "rita", "radiology-admin")
+    }
+    assert httpx.get(base + "/openapi.json", cookies=cookie).status_code == 200

@@ -19,7 +19,7 @@ from python_multipart import MultipartParser
 from sqlalchemy import select
 
 from storage.archive import Archive
-from storage.models import AuditEvent
+from storage.models import AuditEvent, Patient
 from tests.conftest import SAMPLES, Broker
 from tests.dciodvfy import errors as dciodvfy_errors
 from tests.dcmtk import storescu
@@ -343,3 +343,29 @@ def test_dicomweb_client_library_searches_retrieves_and_stores(loaded: Broker) -
     assert answer.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == upload.SOPInstanceUID
     wait_instances(b, len(ALL) + 1)
     assert web.search_for_studies(search_filters={"StudyInstanceUID": new_study})
+
+
+def test_includefield_all_shows_the_registry_patient_module(broker_factory) -> None:
+    b = broker_factory().start()
+    assert storescu(b.dicom_port, KARI_CT[:2]).returncode == 0
+    wait_instances(b, 2)
+    archive = Archive(b.settings())
+    try:
+        with archive.sessions() as session, session.begin():
+            (patient,) = session.scalars(select(Patient)).all()
+            # as an ADT A08 from PAS would: the stored headers keep the old values
+            patient.name, patient.birth_date = "Nordmann^Kari^Elisabeth", "19610413"
+    finally:
+        archive.close()
+    study = str(dcmread(KARI_CT[0]).StudyInstanceUID)
+    with client(b) as web:
+        for path in (f"/studies/{study}/series", f"/studies/{study}/instances"):
+            answers = web.get(path, params={"includefield": "all"}).json()
+            named = web.get(path, params={"includefield": "PatientName,PatientBirthDate"}).json()
+            assert answers and len(answers) == len(named)
+            for full, one in zip(answers, named, strict=True):
+                assert full["00100010"] == one["00100010"]
+                assert full["00100010"]["Value"][0]["Alphabetic"] == "Nordmann^Kari^Elisabeth"
+                assert full["00100030"]["Value"] == ["19610413"]
+        (meta, *_) = web.get(f"/studies/{study}/metadata").json()
+        assert meta["00100010"]["Value"][0]["Alphabetic"] == "Nordmann^Kari^Elisabeth"

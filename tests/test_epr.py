@@ -233,3 +233,83 @@ def test_marking_key_images_creates_a_valid_kos(
     path.write_bytes(body)
     assert dciodvfy_errors(path) == []
     assert dcmread(path).PatientID == PATIENT
+
+
+def report(images: list[Path], text: str, out: Path) -> Path:
+    """A Comprehensive SR with one TEXT finding about `images`, made by highdicom."""
+    refs = [dcmread(p, stop_before_pixels=True) for p in images]
+    root = hd.sr.ContainerContentItem(name=codes.DCM.ImagingMeasurementReport, template_id="1500")
+    root.ContentSequence = hd.sr.ContentSequence(
+        [
+            hd.sr.TextContentItem(
+                name=hd.sr.CodedConcept("121071", "DCM", "Finding"),
+                value=text,
+                relationship_type="CONTAINS",
+            )
+        ]
+    )
+    doc = hd.sr.ComprehensiveSR(
+        evidence=refs,
+        content=root,
+        series_instance_uid=generate_uid(),
+        series_number=901,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="pacsbroker-test",
+    )
+    doc.save_as(out, enforce_file_format=True)
+    return out
+
+
+def test_rejecting_a_kos_or_sr_takes_its_findings_out_of_the_epr(
+    ct300: tuple[Broker, list[Path]], tmp_path: Path
+) -> None:
+    b, ct = ct300
+    note = kos([ct[41]], codes.DCM.ForReferringProvider, tmp_path / "kos.dcm", "Feil pasient")
+    sr = report([ct[41]], "Feilskrevet funn", tmp_path / "sr.dcm")
+    assert storescu(b.dicom_port, [note, sr]).returncode == 0
+    wait_instances(b, len(ct) + 2)
+    with api(b) as epj:
+        (st,) = epj.get(f"/patients/{PATIENT}/studies").json()["studies"]
+        assert st["key_image_count"] == 1
+        assert "Feil pasient" in st["finding_text"] and "Feilskrevet funn" in st["finding_text"]
+
+        withdrawal = kos([note, sr], codes.DCM.RejectedForPatientSafetyReasons, tmp_path / "r.dcm")
+        assert storescu(b.dicom_port, [withdrawal]).returncode == 0
+        wait_instances(b, len(ct) + 3)
+        (st,) = epj.get(f"/patients/{PATIENT}/studies").json()["studies"]
+        assert st["key_image_count"] == 0 and st["key_images"] == []
+        assert st["finding_text"] == ""
+
+
+def test_only_the_epr_system_issues_links_for_someone_else(
+    ct300: tuple[Broker, list[Path]],
+) -> None:
+    b, _ = ct300
+    with api(b, role="clinician", user="lege-lise") as lise:
+        r = lise.post("/links", json={"clinician": "dr-someone-else", "patient_id": PATIENT})
+        assert r.status_code == 403 and "'epr'" in r.json()["detail"]
+        own = lise.post("/links", json={"clinician": "lege-lise", "patient_id": PATIENT})
+        assert own.status_code == 200, own.text
+    with api(b, role="radiologist", user="rita") as rita:
+        r = rita.post("/links", json={"clinician": "lege-lise", "patient_id": PATIENT})
+        assert r.status_code == 403
+    with api(b) as epj:
+        issued = epj.post("/links", json={"clinician": "dr-other", "patient_id": PATIENT})
+        assert issued.status_code == 200, issued.text
+    assert httpx.get(own.json()["url"]).status_code == 200
+    assert httpx.get(issued.json()["url"]).status_code == 200
+
+    time.sleep(0.5)  # reads are audited in batches just after them
+    archive = Archive(b.settings())
+    try:
+        with archive.sessions() as session:
+            pages = session.scalars(
+                select(AuditEvent).where(AuditEvent.action == "epr.key-image-page")
+            ).all()
+    finally:
+        archive.close()
+    assert {(e.actor, e.detail) for e in pages} == {
+        ("lege-lise", "link issued by lege-lise"),
+        ("dr-other", "link issued by dips-epj"),
+    }

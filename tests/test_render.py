@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from tests.conftest import SAMPLES
 from viewer.render import RenderCache, RenderError, View, Window, render
@@ -62,3 +65,50 @@ def test_cache_keeps_within_its_budget() -> None:
     cache.put(("c", View()), b"12345")  # evicts b, the least recently used
     assert cache.get(("b", View())) is None and cache.get(("a", View())) is not None
     assert cache.used <= 10
+
+
+def dcmj2pnm(path: Path, tmp: Path, *options: str) -> Image.Image:
+    out = tmp / "dcmtk.png"
+    subprocess.run(["dcmj2pnm", *options, "--write-png", str(path), str(out)], check=True)
+    return Image.open(out)
+
+
+def with_voi_lut(path: Path, bits: int, scale: float) -> Path:
+    """A 12-bit ramp whose VOI LUT uses only part of its `bits`-deep output range."""
+    ds = Dataset()
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.Modality, ds.SamplesPerPixel, ds.PhotometricInterpretation = "OT", 1, "MONOCHROME2"
+    ds.Rows = ds.Columns = 64
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = (np.arange(64 * 64, dtype=np.uint16) % 4096).tobytes()
+    lut = Dataset()
+    lut.LUTDescriptor = [4096, 0, bits]
+    lut.add_new(0x00283006, "US", [int(i * scale) for i in range(4096)])  # LUT Data
+    ds.VOILUTSequence = [lut]
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.parametrize(("bits", "scale"), [(16, 10), (12, 0.5), (8, 0.03)])
+def test_voi_lut_is_scaled_by_its_bit_depth_like_dcmtk(
+    bits: int, scale: float, tmp_path: Path
+) -> None:
+    path = with_voi_lut(tmp_path / "voi-lut.dcm", bits, scale)
+    ours = np.asarray(Image.open(BytesIO(render(dcmread(path), View(fmt="png")))), dtype=float)
+    ref = np.asarray(dcmj2pnm(path, tmp_path, "+Wl", "1").convert("L"), dtype=float)
+    assert ref.max() < 200  # the LUT never reaches white: it must not be stretched to it
+    assert np.abs(ours - ref).mean() < 1.0 and np.abs(ours - ref).max() <= 2
+
+
+def test_palette_color_is_shown_in_its_colours_like_dcmtk(tmp_path: Path) -> None:
+    found = get_testdata_file("examples_palette.dcm")  # shipped in pydicom's wheel
+    assert isinstance(found, str)
+    path = Path(found)
+    ours = Image.open(BytesIO(render(dcmread(path), View(fmt="png"))))
+    ref = dcmj2pnm(path, tmp_path)
+    assert ours.mode == ref.mode == "RGB" and ours.size == ref.size
+    diff = np.abs(np.asarray(ours, dtype=float) - np.asarray(ref, dtype=float))
+    assert diff.mean() < 1.0 and diff.max() <= 2

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
 
-from storage import quarantine, registry, removal
+from broker.pas import pdqm, reconcile
+from storage import audit, quarantine, removal
 from storage.archive import Archive
 from storage.demographics import Identifier
 from viewer.auth import Caller, caller
@@ -19,6 +22,25 @@ def admin(who: Annotated[Caller, Depends(caller)]) -> Caller:
     if who.role != ADMIN_ROLE:
         raise HTTPException(403, f"role {ADMIN_ROLE!r} required, token has {who.role!r}")
     return who
+
+
+def record_change(
+    session: Session,
+    who: Caller,
+    action: str,
+    detail: str,
+    patients: Iterable[tuple[str, str]] = (),
+) -> None:
+    """Audit an admin change in the change's own transaction, so neither commits alone."""
+    audit.record(
+        session,
+        actor=who.user,
+        role=who.role,
+        source=who.address,
+        action=action,
+        detail=detail,
+        patients=patients,
+    )
 
 
 class Assignment(BaseModel):
@@ -41,10 +63,11 @@ def router(archive: Archive) -> APIRouter:
         who: Annotated[Caller, Depends(admin)],
     ) -> dict[str, Any]:
         with archive.sessions() as session, session.begin():
-            target = registry.find(session, Identifier(body.system, body.patient_id))
-            if target is None:
-                raise HTTPException(404, f"no patient {body.patient_id!r} in the registry")
             try:
+                ident = Identifier(body.system, body.patient_id)
+                target = reconcile.assignable(session, pdqm.client(archive.settings), ident)
+                if target is None:
+                    raise HTTPException(404, f"no patient {body.patient_id!r} in registry or PAS")
                 quarantine.assign(session, study_uid, target, actor=who.user, source=who.address)
             except quarantine.QuarantineError as e:
                 raise HTTPException(409, str(e)) from None

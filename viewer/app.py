@@ -6,8 +6,10 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel
 
 from storage.archive import Archive
@@ -16,7 +18,7 @@ from storage.intake import Intake
 from storage.stats import archive_counts
 from viewer.admin import router as admin_router
 from viewer.archive_admin import router as archive_admin_router
-from viewer.auth import Caller, caller, signing_key
+from viewer.auth import CLINICAL_READERS, Caller, caller, requires, signing_key
 from viewer.console import router as console_router
 from viewer.console_api import router as console_api_router
 from viewer.dicomweb import router as dicomweb_router
@@ -31,9 +33,26 @@ from viewer.research_admin import router as research_admin_router
 from viewer.tiers_admin import router as tiers_admin_router
 from viewer.upload import router as upload_router
 
+# Counts and paths of the clinical archive: not for research or teaching roles.
+StatusReader = Annotated[Caller, Depends(requires(CLINICAL_READERS, "the archive status"))]
+
 
 class Health(BaseModel):
     status: str
+
+
+def install_docs(app: FastAPI) -> None:
+    """The OpenAPI schema and Swagger UI at FastAPI's usual paths, for any valid token (or the
+    admin console's session cookie, which a browser sends when the UI fetches the schema)."""
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi(who: Annotated[Caller, Depends(caller)]) -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    def docs(request: Request, who: Annotated[Caller, Depends(caller)]) -> HTMLResponse:
+        root = str(request.scope.get("root_path", "")).rstrip("/")
+        return get_swagger_ui_html(openapi_url=f"{root}/openapi.json", title=f"{app.title} API")
 
 
 def create_app(
@@ -50,7 +69,16 @@ def create_app(
         trail.close()  # pending audit events are written before the process exits
         research.close()
 
-    app = FastAPI(title="pacsbroker", version="0.1.0", lifespan=lifespan)
+    # FastAPI's own schema and docs routes answer anyone: install_docs serves them behind auth
+    app = FastAPI(
+        title="pacsbroker",
+        version="0.1.0",
+        lifespan=lifespan,
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
+    install_docs(app)
     app.state.signing_key = signing_key(archive.settings.data_dir)
     if archive.settings.cors_origins:
         app.add_middleware(
@@ -65,7 +93,7 @@ def create_app(
         return Health(status="ok")
 
     @app.get("/api/v1/status", tags=["admin"])
-    def status(who: Annotated[Caller, Depends(caller)]) -> dict[str, Any]:
+    def status(who: StatusReader) -> dict[str, Any]:
         with archive.sessions() as session:
             counts = archive_counts(session)
         return {"archive": counts, **runtime_status()}

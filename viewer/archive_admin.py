@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from storage import fixity, holds, jobs, retention
 from storage.archive import Archive
 from storage.models import Job
-from viewer.admin import admin
+from viewer.admin import admin, record_change
 from viewer.auth import Caller
 
 Admin = Annotated[Caller, Depends(admin)]
@@ -105,9 +105,11 @@ def router(archive: Archive) -> APIRouter:
             except jobs.JobError as e:
                 raise HTTPException(404, str(e)) from None
             try:
-                return _job(how(session, job_id, by=who.user))
+                job = how(session, job_id, by=who.user)
             except jobs.JobError as e:
                 raise HTTPException(409, str(e)) from None
+            record_change(session, who, f"job-{how.__name__}", f"job {job.id} ({job.kind})")
+            return _job(job)
 
     @r.post("/jobs/{job_id}/cancel")
     def cancel_job(job_id: int, who: Admin) -> JobOut:

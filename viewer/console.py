@@ -13,6 +13,7 @@ from typing import Annotated
 import jwt
 from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.security.utils import get_authorization_scheme_param
 
 from viewer.admin import ADMIN_ROLE
 from viewer.auth import SESSION_COOKIE, Caller, verify
@@ -65,6 +66,14 @@ def _admin(request: Request, token: str) -> tuple[Caller | None, str, int]:
     return who, "", 200
 
 
+def _presented(request: Request) -> str:
+    """The token a request carries: a bearer header first, as the API reads it, else the cookie."""
+    scheme, credentials = get_authorization_scheme_param(request.headers.get("Authorization"))
+    if scheme.lower() == "bearer" and credentials:
+        return credentials
+    return request.cookies.get(SESSION_COOKIE, "")
+
+
 def _login_page(request: Request, lang: str, problem: str, status: int) -> HTMLResponse:
     message = LABELS[lang][problem] if problem else ""
     html = _render(_LOGIN, lang, message=message, root=_root(request))
@@ -98,9 +107,9 @@ def router() -> APIRouter:
 
     @r.get("", response_class=HTMLResponse)
     def console(request: Request, lang: str = "nb") -> Response:
-        """The console for a valid admin session; the login form (401/403) otherwise."""
+        """The console for an admin bearer token or session; the login form (401/403) otherwise."""
         lang = _lang(lang)
-        token = request.cookies.get(SESSION_COOKIE, "")
+        token = _presented(request)
         who, problem, status = _admin(request, token) if token else (None, "", 401)
         if who is None:
             return _login_page(request, lang, problem, status)

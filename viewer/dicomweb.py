@@ -31,6 +31,7 @@ from storage.intake import Intake
 from storage.models import Instance, Series
 from storage.objects import ObjectNotFound, ObjectStoreError
 from storage.query import (
+    COLUMNS,
     Level,
     Matcher,
     QueryError,
@@ -92,6 +93,9 @@ _CANNOT_UNDERSTAND = 0xC000
 _OUT_OF_RESOURCES = 0xA700
 _STUDY_MISMATCH = 0xA900
 _RETRIEVE_URL = 0x00081190
+# The patient module the registry holds: PAS is master, so includefield=all answers these from
+# the registry at every level, never from the stored header's attributes.
+_REGISTRY_PATIENT = [tag for tag, (level, _) in COLUMNS.items() if level is Level.PATIENT]
 _PIXEL_DATA = 0x7FE00010
 
 
@@ -139,6 +143,8 @@ def _search(request: Request, level: Level, parents: dict[str, str]) -> Search:
     for field in (f for raw in params.getlist("includefield") for f in raw.split(",")):
         if field == "all":
             everything = True
+            for tag in _REGISTRY_PATIENT:
+                ds.add(_element(tag, None))
         elif field:
             ds.add(_element(_tag(field), None))
     for key, value in params.multi_items():
@@ -171,7 +177,8 @@ def _url(base: str, hit: Any, level: Level) -> str:
 
 
 def _add_everything(ds: Dataset, hit: Any, level: Level) -> None:
-    """includefield=all: every stored attribute that belongs to the level or above it."""
+    """includefield=all: every stored attribute of the level or above it that the answer does
+    not hold yet (it holds the registry's patient module)."""
     depth = {Level.STUDY: 1, Level.SERIES: 2, Level.IMAGE: 3}
     attrs = hit.attrs(level)
     if attrs is None:

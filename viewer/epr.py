@@ -12,8 +12,8 @@ import jwt
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import BaseModel, Field
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, exists, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from storage import keyobjects, outbound, registry
 from storage.archive import Archive
@@ -21,7 +21,16 @@ from storage.audit import AuditTrail
 from storage.demographics import Identifier
 from storage.dicomheader import decode_attrs
 from storage.intake import Intake
-from storage.models import VISIBLE, Finding, Instance, KeyImage, Patient, Series, Study
+from storage.models import (
+    VISIBLE,
+    Finding,
+    Instance,
+    KeyImage,
+    Patient,
+    Rejection,
+    Series,
+    Study,
+)
 from storage.query import NOT_REJECTED
 from viewer import pages
 from viewer.auth import Caller, requires
@@ -31,6 +40,8 @@ from viewer.render import RenderError, View, Window
 EPR_ROLES = frozenset({"epr", "clinician", "radiologist", "radiology-admin"})
 Epr = Annotated[Caller, Depends(requires(EPR_ROLES, "the EPR API"))]
 LINK_AUDIENCE = "pacsbroker-epr-link"
+# The EPR system vouches for the clinician it names; anyone else gets links for themself only.
+LINK_ISSUER_ROLE = "epr"
 MAX_LINK_TTL = 3600
 
 
@@ -93,6 +104,11 @@ class Scope:
     clinician: str
     patient_fk: int
     study_uid: str
+    issuer: str
+
+    def caller(self, request: Request) -> Caller:
+        """The clinician the link names, as the caller of a read through it."""
+        return Caller(self.clinician, "epr-link", request.client.host if request.client else "")
 
     def covers(self, patient_fk: int, study_uid: str) -> bool:
         return patient_fk == self.patient_fk and self.study_uid in ("", study_uid)
@@ -103,6 +119,11 @@ def _patient(session: Session, patient_id: str, system: str) -> Patient:
     if patient is None or patient.status not in VISIBLE:
         raise HTTPException(404, "no such patient in the archive")
     return patient
+
+
+def _source_kept(sop_uid: InstrumentedAttribute[str]) -> ColumnElement[bool]:
+    """The KOS or SR a key image or finding came from has not itself been rejected (IOCM)."""
+    return ~exists().where(Rejection.sop_uid == sop_uid)
 
 
 def studies_of(
@@ -125,7 +146,11 @@ def studies_of(
         keys = session.execute(
             select(KeyImage)
             .join(Instance, Instance.sop_uid == KeyImage.sop_uid)
-            .where(KeyImage.study_uid == st.study_uid, NOT_REJECTED)
+            .where(
+                KeyImage.study_uid == st.study_uid,
+                NOT_REJECTED,
+                _source_kept(KeyImage.kos_sop_uid),
+            )
             .order_by(KeyImage.id)
         ).scalars()
         seen: dict[str, KeyImageOut] = {}
@@ -143,7 +168,9 @@ def studies_of(
                 ),
             )
         texts = session.scalars(
-            select(Finding.text).where(Finding.study_uid == st.study_uid).order_by(Finding.id)
+            select(Finding.text)
+            .where(Finding.study_uid == st.study_uid, _source_kept(Finding.sop_uid))
+            .order_by(Finding.id)
         )
         out.append(
             StudyOut(
@@ -179,13 +206,21 @@ class Epj:
         self.archive = archive
         self.intake = intake
 
-    def _audit(self, who: Caller, action: str, patient: Patient, studies: list[str]) -> None:
+    def _audit(
+        self,
+        who: Caller,
+        action: str,
+        patient: Patient,
+        studies: list[str],
+        scope: Scope | None = None,
+    ) -> None:
         self.trail.record(
             actor=who.user,
             role=who.role,
             source=who.address,
             action=action,
             patients=[(patient.patient_id, s) for s in studies] or [(patient.patient_id, "")],
+            detail=f"link issued by {scope.issuer}" if scope else "",
         )
 
     def patient_studies(
@@ -213,7 +248,7 @@ class Epj:
             ((inst, patient),) = found
             if scope is not None and not scope.covers(patient.id, study_uid):
                 raise HTTPException(403, "the link does not cover this image")
-            self._audit(who, "epr.image", patient, [study_uid])
+            self._audit(who, "epr.image", patient, [study_uid], scope)
             return inst
 
     def mark(
@@ -233,7 +268,7 @@ class Epj:
             insts = [inst for inst, _ in rows]
             modules = outbound.patient_modules(session, insts)
             refs = [outbound.indexed_header(i, modules[i.id]) for i in insts]
-            self._audit(who, "epr.mark-key-images", patient, [study_uid])
+            self._audit(who, "epr.mark-key-images", patient, [study_uid], scope)
         try:
             payload = keyobjects.build(
                 refs,
@@ -281,6 +316,12 @@ class Epj:
         return RedirectResponse(url, status_code=303)
 
     def link(self, request: Request, who: Caller, body: LinkRequest) -> LinkOut:
+        if body.clinician != who.user and who.role != LINK_ISSUER_ROLE:
+            raise HTTPException(
+                403,
+                f"only the role {LINK_ISSUER_ROLE!r} may issue links for another clinician; "
+                f"a {who.role!r} token gets links for {who.user!r} only",
+            )
         with self.archive.sessions() as session:
             patient = _patient(session, body.patient_id, body.system)
             if body.study_uid:
@@ -328,12 +369,17 @@ class Epj:
             ) from None
         except jwt.InvalidTokenError:
             raise pages.LinkError("Lenken er ugyldig.", "The link is not valid.") from None
-        return Scope(str(claims["sub"]), int(claims["pid"]), str(claims.get("study", "")))
+        return Scope(
+            str(claims["sub"]),
+            int(claims["pid"]),
+            str(claims.get("study", "")),
+            str(claims.get("iss", "")),
+        )
 
     def study(self, request: Request, token: str, study_uid: str) -> dict[str, Any]:
         """Series and instances of one study in the link's scope, for the full-study viewer."""
         scope = self.scope(request, token)
-        who = Caller(scope.clinician, "epr-link", request.client.host if request.client else "")
+        who = scope.caller(request)
         with self.archive.sessions() as session:
             row = session.execute(
                 select(Study, Patient)
@@ -364,7 +410,7 @@ class Epj:
                     }
                 )
             series_out.sort(key=lambda x: _number(str(x["number"])))
-            self._audit(who, "epr.study-viewer", patient, [study_uid])
+            self._audit(who, "epr.study-viewer", patient, [study_uid], scope)
             return {
                 "study_uid": study_uid,
                 "date": study.study_date,
@@ -375,7 +421,7 @@ class Epj:
 
     def open_page(self, request: Request, token: str, lang: str) -> HTMLResponse:
         scope = self.scope(request, token)
-        who = Caller(scope.clinician, "epr-link", request.client.host if request.client else "")
+        who = scope.caller(request)
         base = f"{_base(request)}/open/{token}"
         with self.archive.sessions() as session:
             patient = session.get(Patient, scope.patient_fk)
@@ -385,7 +431,8 @@ class Epj:
             for st in studies:
                 for k in st.key_images:
                     k.image_url = f"{base}/images/{st.study_uid}/{k.sop_uid}?frame={k.frame}"
-            self._audit(who, "epr.key-image-page", patient, [s.study_uid for s in studies])
+            studies_shown = [s.study_uid for s in studies]
+            self._audit(who, "epr.key-image-page", patient, studies_shown, scope)
             return HTMLResponse(pages.key_images(patient, studies, lang, who.user, base))
 
 
@@ -454,12 +501,13 @@ def router(
         request: Request, token: str, study_uid: str, body: MarkRequest
     ) -> MarkOut:
         scope = epj.scope(request, token)
-        who = Caller(scope.clinician, "epr-link", request.client.host if request.client else "")
+        who = scope.caller(request)
         return epj.mark(who, study_uid, body, scope)
 
     @r.post("/links", response_model=LinkOut)
     def link(request: Request, who: Epr, body: LinkRequest) -> LinkOut:
-        """A signed, short-lived link for one clinician to one patient (optionally one study)."""
+        """A signed, short-lived link for one clinician to one patient (optionally one study).
+        Only the `epr` role may name another clinician than the caller (403 otherwise)."""
         return epj.link(request, who, body)
 
     @r.get("/open/{token}", response_class=HTMLResponse, include_in_schema=False)
@@ -477,7 +525,7 @@ def router(
         size: Annotated[int | None, Query(ge=16, le=4096)] = None,
     ) -> Response:
         scope = epj.scope(request, token)
-        who = Caller(scope.clinician, "epr-link", request.client.host if request.client else "")
+        who = scope.caller(request)
         inst = epj.instance(who, study_uid, sop_uid, scope)
         return images.response(inst, _view(frame, window, size, "jpeg"))
 

@@ -3,7 +3,8 @@ and waveforms: render_video.py, render_waveform.py).
 
 Modality LUT (rescale) first, then the VOI: an explicit window, else the object's first window,
 else its VOI LUT, else the full range of values; MONOCHROME1 is inverted so that it displays
-like MONOCHROME2. Colour images are shown in RGB (pydicom converts YBR on decoding).
+like MONOCHROME2. Colour images are shown in RGB (pydicom converts YBR on decoding, and we
+apply the palette of PALETTE COLOR images).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.pixels import apply_color_lut, apply_modality_lut
 
 PRESETS = {
     "soft-tissue": (40.0, 400.0),
@@ -76,6 +77,32 @@ def _stretch(values: np.ndarray) -> np.ndarray:
     return np.zeros_like(values, dtype=float) if hi <= lo else (values - lo) / (hi - lo)
 
 
+def _by_depth(values: np.ndarray, descriptor: Sequence[int]) -> np.ndarray:
+    """LUT output onto 0..1 by the entries' bit depth (the descriptor's third value), as DCMTK
+    does: a LUT that uses only part of its range must look that way, not be stretched."""
+    return np.asarray(values, dtype=float) / float(2 ** int(descriptor[2]) - 1)
+
+
+def _voi_lut(ds: Dataset, values: np.ndarray) -> np.ndarray:
+    """The first VOI LUT; values before its first entry take that entry, after its last the
+    last (PS3.3 C.11.2.1.1). Not pydicom's apply_voi_lut: it wraps indices of 8-bit LUTs at 256."""
+    item = ds.VOILUTSequence[0]
+    first = int(item.LUTDescriptor[1])
+    data = item.LUTData
+    if isinstance(data, bytes):  # OW: 16-bit entries, little endian like every current syntax
+        lut = np.frombuffer(data, dtype="<u2")
+    else:
+        lut = np.atleast_1d(np.asarray(data, dtype=np.int64))
+    index = np.clip(np.rint(values) - first, 0, len(lut) - 1).astype(np.intp)
+    return _by_depth(lut[index], item.LUTDescriptor)
+
+
+def _palette(ds: Dataset, frame: np.ndarray) -> np.ndarray:
+    rgb = apply_color_lut(frame, ds)[..., :3]  # an alpha channel is not shown
+    unit = _by_depth(rgb, ds.RedPaletteColorLookupTableDescriptor)
+    return np.rint(unit * 255.0).astype(np.uint8)
+
+
 def _first(value: Any) -> float:
     """The first of a possibly multi-valued DS (a file may carry several windows)."""
     if isinstance(value, Sequence) and not isinstance(value, str | bytes):
@@ -90,7 +117,7 @@ def _grey(ds: Dataset, frame: np.ndarray, window: Window | None) -> np.ndarray:
     if window is not None:
         unit = _linear(values, window)
     elif "VOILUTSequence" in ds:
-        unit = _stretch(np.asarray(apply_voi_lut(values, ds), dtype=float))
+        unit = _voi_lut(ds, values)
     else:
         unit = _stretch(values)
     if ds.get("PhotometricInterpretation") == "MONOCHROME1":
@@ -129,6 +156,8 @@ def _image(ds: Dataset, view: View) -> Image.Image:
     except Exception as e:
         raise RenderError(f"pixel data cannot be decoded: {e}") from None
     frame = pixels[view.frame - 1] if frames > 1 else pixels
+    if ds.get("PhotometricInterpretation") == "PALETTE COLOR":
+        return Image.fromarray(_palette(ds, frame), "RGB")
     if int(ds.get("SamplesPerPixel", 1)) == 3:
         rgb = frame if frame.dtype == np.uint8 else (_stretch(frame) * 255).astype(np.uint8)
         return Image.fromarray(rgb, "RGB")

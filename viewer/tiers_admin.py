@@ -12,9 +12,9 @@ from sqlalchemy import select
 from storage import jobs, prefetch, registry, tiers
 from storage.archive import Archive
 from storage.demographics import Identifier
-from storage.models import Study
+from storage.models import Patient, PrefetchRule, Study
 from storage.stats import archive_counts
-from viewer.admin import admin
+from viewer.admin import admin, record_change
 from viewer.auth import Caller
 
 Admin = Annotated[Caller, Depends(admin)]
@@ -56,21 +56,29 @@ def router(archive: Archive) -> APIRouter:
     @r.post("/prefetch/rules", status_code=201)
     def add_rule(spec: prefetch.RuleSpec, who: Admin) -> prefetch.Rule:
         with archive.sessions() as session, session.begin():
-            return prefetch.save_rule(session, spec)
+            rule = prefetch.save_rule(session, spec)
+            record_change(session, who, "prefetch-rule-add", rule.model_dump_json())
+            return rule
 
     @r.put("/prefetch/rules/{rule_id}")
     def replace_rule(rule_id: int, spec: prefetch.RuleSpec, who: Admin) -> prefetch.Rule:
         with archive.sessions() as session, session.begin():
             try:
-                return prefetch.save_rule(session, spec, rule_id)
+                rule = prefetch.save_rule(session, spec, rule_id)
             except KeyError:
                 raise HTTPException(404, f"no prefetch rule {rule_id}") from None
+            record_change(session, who, "prefetch-rule-update", rule.model_dump_json())
+            return rule
 
     @r.delete("/prefetch/rules/{rule_id}", status_code=204)
     def delete_rule(rule_id: int, who: Admin) -> None:
         with archive.sessions() as session, session.begin():
-            if not prefetch.delete_rule(session, rule_id):
+            row = session.get(PrefetchRule, rule_id)
+            if row is None:
                 raise HTTPException(404, f"no prefetch rule {rule_id}")
+            detail = f"rule {rule_id} ({row.name})"
+            prefetch.delete_rule(session, rule_id)
+            record_change(session, who, "prefetch-rule-delete", detail)
 
     @r.post("/prefetch", status_code=202)
     def start_prefetch(body: PrefetchIn, who: Admin) -> dict[str, Any]:
@@ -88,6 +96,13 @@ def router(archive: Archive) -> APIRouter:
                 raise HTTPException(422, "name a patient_id or study_uids")
             job = prefetch.start_manual(session, uids, created_by=who.user)
             assert job is not None
+            owners = session.execute(
+                select(Patient.patient_id, Study.study_uid)
+                .join(Study.patient)
+                .where(Study.study_uid.in_(uids))
+            )
+            detail = f"job {job.id}: {len(uids)} studies"
+            record_change(session, who, "prefetch-start", detail, [(p, s) for p, s in owners])
             return jobs.as_dict(job)
 
     @r.post("/near/evict", status_code=202)
