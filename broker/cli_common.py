@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+from sqlalchemy.orm import Session
 
 from storage.settings import Settings
 
@@ -28,6 +29,15 @@ def settings() -> Settings:
 
 def actor() -> str:
     return f"cli:{getpass.getuser()}"
+
+
+def audited(session: Session, action: str, detail: str) -> None:
+    """Audit an admin change made from the CLI, in the change's own transaction."""
+    from storage import audit
+
+    audit.record(
+        session, actor=actor(), role="radiology-admin", source="cli", action=action, detail=detail
+    )
 
 
 def display_host(s: Settings) -> str:

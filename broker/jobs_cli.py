@@ -13,6 +13,7 @@ from broker.cli_common import (
     WAIT_OPT,
     Commands,
     actor,
+    audited,
     console,
     follow,
     job_line,
@@ -67,19 +68,12 @@ def jobs_show(job_id: int, wait: WAIT_OPT = False) -> None:
 
 def _change_job(job_id: int, change: Any) -> None:
     """Cancel or retry a job, audited as the API audits it (`job-cancel`, `job-retry`)."""
-    from storage import audit, jobs
+    from storage import jobs
 
     archive = open_archive()
     with archive.sessions() as session, session.begin(), refused(jobs.JobError):
         job = change(session, job_id, by=actor())
-        audit.record(
-            session,
-            actor=actor(),
-            role="radiology-admin",
-            source="cli",
-            action=f"job-{change.__name__}",
-            detail=f"job {job.id} ({job.kind})",
-        )
+        audited(session, f"job-{change.__name__}", f"job {job.id} ({job.kind})")
         j = jobs.as_dict(job)
     print(job_line(j))
 

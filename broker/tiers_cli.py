@@ -12,6 +12,7 @@ from broker.cli_common import (
     WAIT_OPT,
     Commands,
     actor,
+    audited,
     console,
     open_archive,
     queued,
@@ -108,6 +109,7 @@ def prefetch_rules_add(
         raise typer.Exit(2) from None
     with open_archive().sessions() as session, session.begin():
         rule = pf.save_rule(session, spec)
+        audited(session, "prefetch-rule-add", rule.model_dump_json())
     console.print(f"prefetch rule {rule.id} added")
 
 
@@ -119,6 +121,7 @@ def prefetch_rules_delete(rule_id: int) -> None:
         if not pf.delete_rule(session, rule_id):
             console.print(f"[red]no prefetch rule {rule_id}[/red]")
             raise typer.Exit(1)
+        audited(session, "prefetch-rule-delete", f"rule {rule_id}")
     console.print(f"prefetch rule {rule_id} deleted")
 
 

@@ -365,8 +365,19 @@ def test_job_and_prefetch_rule_changes_are_audited(broker: Broker) -> None:
         "prefetch-rule-delete",
     ]
     assert '"years":4' in actions[3][1] and "audit-prefetch" in actions[4][1]
-    cli = [(a, d) for a, d, _ in _audited(broker, f"cli:{getpass.getuser()}") if d == probe]
-    assert cli == [("job-cancel", probe), ("job-retry", probe), ("job-cancel", probe)]
+    added = broker.cli("prefetch-rules", "add", "cli-prefetch", "--modality", "MR")
+    rule_id = added.stderr.split()[2]
+    assert broker.cli("prefetch-rules", "delete", rule_id).returncode == 0
+    cli = [(a, d) for a, d, _ in _audited(broker, f"cli:{getpass.getuser()}")]
+    assert [x for x in cli if x[1] == probe] == [
+        ("job-cancel", probe),
+        ("job-retry", probe),
+        ("job-cancel", probe),
+    ]
+    assert [a for a, d in cli if "cli-prefetch" in d or d == f"rule {rule_id}"] == [
+        "prefetch-rule-add",
+        "prefetch-rule-delete",
+    ]
 
 
 def test_manual_prefetch_is_audited(broker_factory: Any, tmp_path: Path) -> None:
