@@ -1,9 +1,9 @@
-"""`pacsbroker prefetch|prefetch-rules|storage`: the near/far tiers (docs/tiers.md)."""
+"""`pacsbroker prefetch|prefetch-rules|evict|storage`: the near/far tiers (docs/tiers.md)."""
 
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -18,9 +18,21 @@ from broker.cli_common import (
     queued,
 )
 
+if TYPE_CHECKING:
+    from storage.archive import Archive
+
 commands = Commands()
 
 prefetch_app = typer.Typer(help="Prefetch rules: which priors to bring near, and when.")
+
+
+def tiered_archive() -> Archive:
+    """The archive, or exit 2 when it has no near tier to work on."""
+    archive = open_archive()
+    if archive.tiers is None:
+        console.print("[red]no near tier is configured (NEAR_DIR or NEAR_S3_ENDPOINT)[/red]")
+        raise typer.Exit(2)
+    return archive
 
 
 @commands.command()
@@ -38,10 +50,7 @@ def prefetch(
     from storage.demographics import Identifier
     from storage.models import Study
 
-    archive = open_archive()
-    if archive.tiers is None:
-        console.print("[red]no near tier is configured (NEAR_DIR or NEAR_S3_ENDPOINT)[/red]")
-        raise typer.Exit(2)
+    archive = tiered_archive()
     with archive.sessions() as session, session.begin():
         uids = list(study or [])
         if patient:
@@ -137,10 +146,7 @@ def evict(
     from storage import jobs
     from storage import prefetch as pf
 
-    archive = open_archive()
-    if archive.tiers is None:
-        console.print("[red]no near tier is configured (NEAR_DIR or NEAR_S3_ENDPOINT)[/red]")
-        raise typer.Exit(2)
+    archive = tiered_archive()
     with archive.sessions() as session, session.begin():
         job = jobs.enqueue(session, pf.EVICT, {"fraction": fraction}, created_by=actor())
     queued(job, wait, as_json)
