@@ -11,7 +11,8 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID, ExplicitVRLittleEndian
+from pydicom.encaps import generate_frames
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -103,27 +104,42 @@ def load(store: ObjectStore, inst: Instance, pm: PatientModule) -> Dataset:
     return apply_patient(stored(store, inst), pm)
 
 
-def part10(
-    store: ObjectStore, inst: Instance, pm: PatientModule, syntaxes: set[str]
-) -> tuple[bytes, str]:
-    """The object as a Part 10 file in one of `syntaxes` ("*": any) with the current patient
-    module, and the transfer syntax it is in: the stored bytes themselves whenever neither
-    needs to change."""
+# What retrieve can write besides the stored syntax: we decode, we never encode.
+UNCOMPRESSED = (str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian))
+
+
+class NotServable(ValueError):
+    """The object cannot be written in the transfer syntax asked for."""
+
+
+def serving_syntax(stored_ts: str, wanted: Iterable[str]) -> str | None:
+    """The first of `wanted` ("*": as stored) an object stored in `stored_ts` can be sent in."""
+    for ts in wanted:
+        if ts in ("*", stored_ts):
+            return stored_ts
+        if ts in UNCOMPRESSED:
+            return ts
+    return None
+
+
+def part10(store: ObjectStore, inst: Instance, pm: PatientModule, syntax: str) -> bytes:
+    """The object as a Part 10 file in `syntax` (as stored, or one of UNCOMPRESSED) with the
+    current patient module: the stored bytes themselves whenever neither needs to change."""
     raw = store.get(inst.object_key)
     header = dcmread(BytesIO(raw), stop_before_pixels=True)
-    as_stored = "*" in syntaxes or inst.transfer_syntax in syntaxes
+    as_stored = syntax == inst.transfer_syntax
     if as_stored and not differences(header, pm):
-        return raw, inst.transfer_syntax
+        return raw
     ds = apply_patient(dcmread(BytesIO(raw)), pm)
     if not as_stored:
-        ds = transcode.fit(ds, syntaxes)
-        ts = UID(ds.file_meta.TransferSyntaxUID)
-        if ts not in syntaxes and not ts.is_compressed:
-            # deflated or implicit VR: pydicom re-encodes the data set on writing
-            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = transcode.fit(ds, [syntax])
+        if UID(ds.file_meta.TransferSyntaxUID).is_compressed:
+            raise NotServable(f"{inst.sop_uid} cannot be decoded from {inst.transfer_syntax}")
+        # deflated, implicit or explicit VR: pydicom re-encodes the data set on writing
+        ds.file_meta.TransferSyntaxUID = UID(syntax)
     out = BytesIO()
     ds.save_as(out, enforce_file_format=True)
-    return out.getvalue(), str(ds.file_meta.TransferSyntaxUID)
+    return out.getvalue()
 
 
 def indexed_header(inst: Instance, pm: PatientModule) -> Dataset:
@@ -143,15 +159,25 @@ def bulk_value(store: ObjectStore, inst: Instance, tag: int) -> bytes:
     return bytes(ds[tag].value)
 
 
-def frames(store: ObjectStore, inst: Instance, numbers: list[int]) -> list[bytes]:
-    """Frames (1-based) as uncompressed little-endian pixel bytes."""
+def _with_frames(
+    store: ObjectStore, inst: Instance, numbers: list[int] | None
+) -> tuple[Dataset, int, list[int]]:
+    """The stored object, its frame count and the frames wanted (None: all), once they are
+    known to be in it."""
     ds = stored(store, inst)
     if "PixelData" not in ds:
         raise IndexError("the instance has no pixel data")
     count = int(ds.get("NumberOfFrames", 1) or 1)
-    bad = [n for n in numbers if not 1 <= n <= count]
+    wanted = list(range(1, count + 1)) if numbers is None else numbers
+    bad = [n for n in wanted if not 1 <= n <= count]
     if bad:
         raise IndexError(f"frame(s) {bad} out of range: the instance has {count}")
+    return ds, count, wanted
+
+
+def frames(store: ObjectStore, inst: Instance, numbers: list[int] | None = None) -> list[bytes]:
+    """Frames (1-based; None: all) as uncompressed little-endian pixel bytes."""
+    ds, count, wanted = _with_frames(store, inst, numbers)
     ds = transcode.fit(ds, [ExplicitVRLittleEndian])
     if UID(ds.file_meta.TransferSyntaxUID).is_compressed:
         raise ValueError("the pixel data cannot be decoded here")
@@ -160,4 +186,16 @@ def frames(store: ObjectStore, inst: Instance, numbers: list[int]) -> list[bytes
     if bits == 1 or size * count > len(ds.PixelData):
         raise ValueError("frames of 1-bit or short pixel data are not served")
     data = bytes(ds.PixelData)
-    return [data[(n - 1) * size : n * size] for n in numbers]
+    return [data[(n - 1) * size : n * size] for n in wanted]
+
+
+def stored_frames(
+    store: ObjectStore, inst: Instance, numbers: list[int] | None = None
+) -> list[bytes]:
+    """Frames (1-based; None: all) of encapsulated pixel data as stored: each its fragments
+    joined, without item tags."""
+    ds, count, wanted = _with_frames(store, inst, numbers)
+    if not UID(ds.file_meta.TransferSyntaxUID).is_compressed:
+        raise ValueError("the pixel data is not encapsulated")
+    every = list(generate_frames(ds.PixelData, number_of_frames=count))
+    return [every[n - 1] for n in wanted]

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from PIL import Image
 from pydicom import dcmread
+from pydicom.encaps import generate_frames
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from python_multipart import MultipartParser
@@ -369,3 +370,182 @@ def test_includefield_all_shows_the_registry_patient_module(broker_factory) -> N
                 assert full["00100030"]["Value"] == ["19610413"]
         (meta, *_) = web.get(f"/studies/{study}/metadata").json()
         assert meta["00100010"]["Value"][0]["Alphabetic"] == "Nordmann^Kari^Elisabeth"
+
+
+J2K = SAMPLES / "kari-ct" / "ct-s6-0000.dcm"  # JPEG 2000 lossless
+RLE = SAMPLES / "kari-ct" / "ct-s5-0000.dcm"
+US = SAMPLES / "ola-us" / "us-0000.dcm"  # JPEG baseline, 128x96
+JPEG_LS = "1.2.840.10008.1.2.4.80"
+
+
+@pytest.fixture
+def compressed(broker_factory) -> Broker:
+    """A broker holding one JPEG 2000, one RLE and one JPEG baseline object."""
+    b = broker_factory().start()
+    send(b, SAMPLES / "kari-ct")
+    send(b, SAMPLES / "ola-us")
+    wait_instances(b, len(KARI_CT) + 1)
+    return b
+
+
+def instance_path(p: Path) -> str:
+    ds = dcmread(p, stop_before_pixels=True)
+    return f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+
+
+def part_syntax(headers: str) -> str:
+    return headers.split("transfer-syntax=")[1].split()[0].strip()
+
+
+def test_retrieve_answers_only_in_a_syntax_the_client_accepts(compressed: Broker) -> None:
+    path = instance_path(J2K)
+    ls_only = f'multipart/related; type="application/dicom"; transfer-syntax={JPEG_LS}'
+    with client(compressed) as web:
+        assert web.get(path, headers={"Accept": ls_only}).status_code == 406
+        # the first acceptable range by q-value wins: JPEG-LS cannot be made, ELVR can
+        ranked = (
+            'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.90;'
+            f" q=0.2, {ls_only}, "
+            'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1;q=0.5'
+        )
+        ((headers, body),) = multipart(web.get(path, headers={"Accept": ranked}))
+        assert part_syntax(headers) == ExplicitVRLittleEndian
+        got = dcmread_bytes(body)
+        assert got.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+        assert (got.pixel_array == dcmread(J2K).pixel_array).all()
+        as_stored = multipart(web.get(path, headers={"Accept": ANY_SYNTAX}))
+        assert part_syntax(as_stored[0][0]) == "1.2.840.10008.1.2.4.90"
+
+        ds = dcmread(J2K, stop_before_pixels=True)
+        uri = {
+            "requestType": "WADO",
+            "studyUID": str(ds.StudyInstanceUID),
+            "seriesUID": str(ds.SeriesInstanceUID),
+            "objectUID": str(ds.SOPInstanceUID),
+            "contentType": "application/dicom",
+        }
+        assert web.get("/wado", params={**uri, "transferSyntax": JPEG_LS}).status_code == 406
+        implicit = web.get("/wado", params={**uri, "transferSyntax": "1.2.840.10008.1.2"})
+        assert dcmread_bytes(implicit.content).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"
+
+
+def stored_frame(p: Path) -> bytes:
+    ds = dcmread(p)
+    return next(generate_frames(ds.PixelData, number_of_frames=1))
+
+
+def native_pixels(p: Path) -> bytes:
+    pixels = dcmread(p).pixel_array
+    return bytes(pixels.astype(pixels.dtype.newbyteorder("<")).tobytes())
+
+
+def test_frames_follow_the_accept_header(compressed: Broker) -> None:
+    path = instance_path(J2K) + "/frames/1"
+    with client(compressed) as web:
+        jp2 = web.get(path, headers={"Accept": 'multipart/related; type="image/jp2"'})
+        assert jp2.status_code == 200 and 'type="image/jp2"' in jp2.headers["content-type"]
+        ((headers, body),) = multipart(jp2)
+        assert "image/jp2" in headers and part_syntax(headers) == "1.2.840.10008.1.2.4.90"
+        assert body == stored_frame(J2K)
+        star = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+        ((headers, body),) = multipart(
+            web.get(instance_path(RLE) + "/frames/1", headers={"Accept": star})
+        )
+        assert "image/x-dicom-rle" in headers and body == stored_frame(RLE)
+
+        ((headers, body),) = multipart(web.get(path))
+        assert "application/octet-stream" in headers
+        assert body == native_pixels(J2K)
+        for refused in (
+            "application/dicom+json",
+            'multipart/related; type="image/jpeg"',
+            "image/jp2",
+            f'multipart/related; type="image/jp2"; transfer-syntax={JPEG_LS}',
+        ):
+            assert web.get(path, headers={"Accept": refused}).status_code == 406, refused
+
+
+def test_compressed_pixel_bulk_data_comes_frame_by_frame(compressed: Broker) -> None:
+    path = instance_path(J2K)
+    with client(compressed) as web:
+        (meta,) = web.get(f"{path}/metadata").json()
+        uri = meta["7FE00010"]["BulkDataURI"].split("/dicomweb", 1)[1]
+        resp = web.get(uri)
+        assert 'type="image/jp2"' in resp.headers["content-type"]
+        ((headers, body),) = multipart(resp)
+        assert "image/jp2" in headers
+        assert body == stored_frame(J2K) and not body.startswith(b"\xfe\xff\x00\xe0")
+        octets = web.get(
+            uri, headers={"Accept": 'multipart/related; type="application/octet-stream"'}
+        )
+        ((headers, body),) = multipart(octets)
+        assert "application/octet-stream" in headers and body == native_pixels(J2K)
+
+
+def test_stow_refuses_other_bytes_under_a_stored_sop_uid(broker_factory) -> None:
+    b = broker_factory().start()
+    study = generate_uid()
+    original = renumbered(KARI_CT[0], study)
+    ds = dcmread_bytes(original)
+    changed = dcmread_bytes(original)
+    changed.StudyDescription = "a different object under the same UID"
+    out = BytesIO()
+    changed.save_as(out, enforce_file_format=True)
+    with client(b, role="epr") as web:
+
+        def stow(*files: bytes) -> httpx.Response:
+            body, ctype = stow_body(list(files))
+            return web.post("/studies", content=body, headers={"Content-Type": ctype})
+
+        assert stow(original).status_code == 200
+        wait_instances(b, 1)
+        assert stow(original).status_code == 200  # the same bytes again: a duplicate, fine
+        r = stow(out.getvalue())
+        assert r.status_code == 409, r.text
+        (item,) = r.json()["00081198"]["Value"]
+        assert item["00081197"]["Value"] == [0x0111]
+        assert item["00081155"]["Value"] == [ds.SOPInstanceUID]
+        assert "00081190" not in item
+
+        truncated = renumbered(KARI_CT[1], study)[:-200]
+        r = stow(truncated)
+        (item,) = r.json()["00081198"]["Value"]
+        assert item["00081197"]["Value"] == [0xC000]
+        assert item["00081155"]["Value"] == [dcmread_bytes(truncated).SOPInstanceUID]
+        assert item["00081150"]["Value"] == [ds.SOPClassUID]
+
+
+def test_qido_warns_on_fuzzy_matching_and_checks_parameters(compressed: Broker) -> None:
+    study = str(dcmread(US, stop_before_pixels=True).StudyInstanceUID)
+    with client(compressed) as web:
+        fuzzy = web.get("/studies", params={"PatientName": "x*", "fuzzymatching": "true"})
+        assert fuzzy.status_code == 200
+        assert fuzzy.headers["warning"].startswith("299 ")
+        assert "fuzzymatching parameter is not supported" in fuzzy.headers["warning"]
+        assert "warning" not in web.get("/studies").headers
+        xml = {"Accept": "application/dicom+xml"}
+        assert web.get("/studies", headers=xml).status_code == 406
+        assert web.get(f"/studies/{study}/metadata", headers=xml).status_code == 406
+        both = {"Accept": "application/dicom+xml, application/dicom+json;q=0.5"}
+        assert web.get("/studies", headers=both).status_code == 200
+        for field in ("00081199", "ReferencedImageSequence"):
+            r = web.get(f"/studies/{study}/instances", params={"includefield": field})
+            assert r.status_code == 200, r.text
+        for bad in ("abc", "-1", "1_0", "+5", "99999999999999999999"):
+            for name in ("limit", "offset"):
+                r = web.get("/studies", params={name: bad})
+                assert r.status_code == 400 and name in r.text, (name, bad, r.text)
+
+
+def test_rendered_viewport_fits_the_image_into_the_box(compressed: Broker) -> None:
+    def size(path: str, viewport: str) -> tuple[int, int]:
+        r = web.get(f"{path}/rendered", params={"viewport": viewport})
+        return Image.open(BytesIO(r.content)).size
+
+    with client(compressed) as web:
+        ct, us = instance_path(J2K), instance_path(US)  # 64x64 and 128x96
+        assert size(ct, "100,20") == (20, 20)
+        assert size(ct, "32,100") == (32, 32)
+        assert size(us, "64,64") == (64, 48)
+        width, height = size(us, "100,20")
+        assert height <= 20 and width <= 100 and width / height == pytest.approx(128 / 96, 0.1)

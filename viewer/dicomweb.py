@@ -7,29 +7,51 @@ C-MOVE, so every way out shows the same objects with the same (current PAS) demo
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from io import BytesIO
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
+from pydicom import dcmread
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pydicom.uid import UID, ExplicitVRLittleEndian
+from pydicom.uid import (
+    HTJ2K,
+    JPEG2000,
+    JPEG2000MC,
+    UID,
+    ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    JPEG2000Lossless,
+    JPEG2000MCLossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
 from python_multipart import MultipartParser
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.datastructures import QueryParams
 
-from storage import outbound
-from storage.archive import Archive
+from storage import catalog, outbound
+from storage.archive import Archive, sha256_of
 from storage.audit import AuditTrail
-from storage.dicomheader import InvalidObject
+from storage.dicomheader import InvalidObject, decode_attrs
 from storage.intake import Intake
 from storage.models import Instance, Series
 from storage.objects import ObjectNotFound, ObjectStoreError
+from storage.patientmodule import PatientModule
 from storage.query import (
     COLUMNS,
     Level,
@@ -92,11 +114,30 @@ _DEFAULT_KEYS = {
 _CANNOT_UNDERSTAND = 0xC000
 _OUT_OF_RESOURCES = 0xA700
 _STUDY_MISMATCH = 0xA900
+# PS3.7 Annex C general failure "Duplicate SOP Instance": the UID is archived with other bytes
+_DUPLICATE_SOP = 0x0111
 _RETRIEVE_URL = 0x00081190
 # The patient module the registry holds: PAS is master, so includefield=all answers these from
 # the registry at every level, never from the stored header's attributes.
 _REGISTRY_PATIENT = [tag for tag, (level, _) in COLUMNS.items() if level is Level.PATIENT]
 _PIXEL_DATA = 0x7FE00010
+_MAX_COUNT = 2**31 - 1
+_OCTETS = "application/octet-stream"
+# PS3.18 Table 8.7.3-5: the media types of compressed frames and the syntaxes each carries;
+# the first name of a syntax is the one answered when the client named none.
+_FRAME_MEDIA = {
+    "image/jpeg": (JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1),
+    "image/jls": (JPEGLSLossless, JPEGLSNearLossless),
+    "image/jp2": (JPEG2000Lossless, JPEG2000),
+    "image/jpx": (JPEG2000MCLossless, JPEG2000MC),
+    "image/jphc": (HTJ2KLossless, HTJ2KLosslessRPCL, HTJ2K),
+    "image/x-dicom-rle": (RLELossless,),
+    "image/dicom-rle": (RLELossless,),
+}
+_FUZZY_WARNING = (
+    '299 {host}: "The fuzzymatching parameter is not supported.'
+    ' Only literal matching has been performed."'
+)
 
 
 def _tag(key: str) -> int:
@@ -118,7 +159,9 @@ def _element(tag: int, value: str | None) -> DataElement:
     except KeyError:
         raise HTTPException(400, f"attribute {tag:08X} is not in the data dictionary") from None
     if vr == "SQ":
-        raise HTTPException(400, f"sequence attribute {tag:08X} cannot be matched or included")
+        if value is not None:
+            raise HTTPException(400, f"sequence attribute {tag:08X} cannot be matched")
+        return DataElement(tag, "SQ", [])
     if value is not None and vr == "UI":
         value = value.replace(",", "\\")  # QIDO lists UIDs with commas, DICOM with backslashes
     return DataElement(tag, vr, value)
@@ -153,14 +196,17 @@ def _search(request: Request, level: Level, parents: dict[str, str]) -> Search:
         ds.add(_element(_tag(key), value))
     for keyword, uid in parents.items():
         setattr(ds, keyword, uid)
-    try:
-        limit = int(params["limit"]) if "limit" in params else None
-        offset = int(params.get("offset", 0))
-    except ValueError:
-        raise HTTPException(400, "limit and offset are whole numbers") from None
-    if (limit is not None and limit < 0) or offset < 0:
-        raise HTTPException(400, "limit and offset cannot be negative")
-    return Search(level, ds, limit, offset, everything)
+    return Search(level, ds, _count(params, "limit"), _count(params, "offset") or 0, everything)
+
+
+def _count(params: QueryParams, name: str) -> int | None:
+    """limit or offset: digits only (int() would take '+5', ' 5', '1_0'), within SQL's range."""
+    raw = params.get(name)
+    if raw is None:
+        return None
+    if not re.fullmatch(r"[0-9]{1,10}", raw) or int(raw) > _MAX_COUNT:
+        raise HTTPException(400, f"{name} is a whole number from 0 to {_MAX_COUNT}, not {raw!r}")
+    return int(raw)
 
 
 def _study_url(base: str, study: str) -> str:
@@ -195,31 +241,117 @@ def _base(request: Request, prefix: str = "/dicomweb") -> str:
     return str(request.base_url).rstrip("/") + prefix
 
 
-@dataclass
-class Accepted:
-    syntaxes: set[str]
+@dataclass(frozen=True)
+class MediaRange:
+    media: str
+    params: dict[str, str]
+
+    def param(self, name: str, default: str | None = None) -> str | None:
+        return self.params.get(name, default)
 
 
-def _accept_dicom(request: Request) -> Accepted:
-    """Which transfer syntaxes a WADO-RS retrieve may answer in, from the Accept header."""
-    header = request.headers.get("accept", "") or "*/*"
-    syntaxes: set[str] = set()
-    for entry in header.split(","):
+def _media_ranges(request: Request) -> list[MediaRange]:
+    """The Accept header's media ranges, most preferred first (q=0 ones left out)."""
+    ranked: list[tuple[float, MediaRange]] = []
+    for entry in (request.headers.get("accept", "") or "*/*").split(","):
         media, *params = (p.strip() for p in entry.split(";"))
         values = {
             k.strip().lower(): v.strip().strip('"')
             for k, _, v in (p.partition("=") for p in params)
         }
-        wanted_type = values.get("type", "application/dicom")
-        if media in ("*/*", "multipart/*") or (
-            media == "multipart/related" and wanted_type == "application/dicom"
+        try:
+            q = float(values.pop("q", "1"))
+        except ValueError:
+            raise HTTPException(400, f"bad q-value in Accept: {entry.strip()!r}") from None
+        if media and q > 0:
+            ranked.append((q, MediaRange(media.lower(), values)))
+    ranked.sort(key=lambda r: -r[0])  # stable: equal q-values keep the client's order
+    return [r for _, r in ranked]
+
+
+def _dicom_syntaxes(request: Request) -> list[str]:
+    """The transfer syntaxes a WADO-RS retrieve may answer in, most preferred first
+    ("*": as stored); explicit VR little endian where a range names none (PS3.18 8.7.3)."""
+    wanted: list[str] = []
+    for r in _media_ranges(request):
+        if r.media in ("*/*", "multipart/*") or (
+            r.media == "multipart/related"
+            and r.param("type", "application/dicom") == "application/dicom"
         ):
-            syntaxes.add(values.get("transfer-syntax", ExplicitVRLittleEndian))
-    if not syntaxes:
+            wanted.append(r.param("transfer-syntax") or str(ExplicitVRLittleEndian))
+    if not wanted:
         raise HTTPException(
             406, 'this resource is sent as multipart/related; type="application/dicom"'
         )
-    return Accepted(syntaxes)
+    return wanted
+
+
+def _accept_json(request: Request) -> None:
+    """QIDO and metadata answer in DICOM JSON only; dicom+xml alone is refused (406)."""
+    ok = {DICOM_JSON, "application/json", "application/*", "*/*"}
+    if not any(r.media in ok for r in _media_ranges(request)):
+        raise HTTPException(406, f"this resource is sent as {DICOM_JSON}")
+
+
+@dataclass(frozen=True)
+class FrameAnswer:
+    """How frames go out: decoded (octet-stream, explicit VR little endian) or as stored."""
+
+    media: str
+    syntax: str
+
+    @property
+    def decoded(self) -> bool:
+        return self.media == _OCTETS
+
+    @property
+    def part_type(self) -> str:
+        return f"{self.media}; transfer-syntax={self.syntax}"
+
+
+_DECODED = FrameAnswer(_OCTETS, str(ExplicitVRLittleEndian))
+
+
+def _as_stored(stored_ts: str) -> FrameAnswer | None:
+    if not UID(stored_ts).is_compressed:
+        return _DECODED
+    media = next((m for m, syntaxes in _FRAME_MEDIA.items() if stored_ts in syntaxes), None)
+    return FrameAnswer(media, stored_ts) if media else None
+
+
+def _frame_range(r: MediaRange, stored_ts: str, default_type: str | None) -> FrameAnswer | None:
+    """What one Accept media range allows for frames stored in `stored_ts`; `default_type`
+    (None: as stored) is the part type when the range names none."""
+    if r.media == "multipart/related":
+        kind = r.param("type", default_type)
+    elif r.media in ("*/*", "multipart/*"):
+        kind = default_type
+    else:
+        return None  # frames are always multipart (PS3.18 8.7.3.5)
+    if kind in ("*", "*/*"):  # dicomweb-client's default part type: any
+        kind = default_type
+    syntax = r.param("transfer-syntax")
+    if kind is None or syntax == "*":
+        return _as_stored(stored_ts)
+    if kind == _OCTETS:
+        return _DECODED if syntax in (None, ExplicitVRLittleEndian) else None
+    if stored_ts in _FRAME_MEDIA.get(kind, ()) and syntax in (None, stored_ts):
+        return FrameAnswer(kind, stored_ts)
+    return None
+
+
+def _frame_answer(request: Request, stored_ts: str, default_type: str | None) -> FrameAnswer:
+    """The first acceptable way to send frames of an object stored in `stored_ts`, or 406."""
+    for r in _media_ranges(request):
+        answer = _frame_range(r, stored_ts, default_type)
+        if answer is not None:
+            return answer
+    raise HTTPException(
+        406,
+        f"frames of this instance are {_OCTETS}"
+        + (f" or {a.part_type}" if (a := _as_stored(stored_ts)) and not a.decoded else "")
+        + ", as multipart/related",
+    )
 
 
 def _multipart(parts: Iterator[tuple[str, bytes]], boundary: str) -> Iterator[bytes]:
@@ -243,7 +375,34 @@ def _bulk_uri(instance_url: str) -> Callable[[DataElement], str]:
     return uri
 
 
-def _view(request: Request, frame: int, thumbnail: bool) -> View:
+def _viewport(raw: str) -> tuple[int | None, int | None]:
+    """PS3.18 viewport=vw,vh (either may be empty; the source region is not supported)."""
+    vw, _, vh = raw.partition(",")
+    vh = vh.split(",")[0]
+    try:
+        box = (int(vw) if vw else None, int(vh) if vh else None)
+    except ValueError:
+        raise HTTPException(400, "viewport is 'width,height'") from None
+    if any(v is not None and v < 1 for v in box):
+        raise HTTPException(400, "viewport width and height are at least 1")
+    return box
+
+
+def _fit(box: tuple[int | None, int | None], inst: Instance) -> int | None:
+    """The longest side that fits the image into the box keeping its aspect ratio (the
+    renderer scales the longest side down to it)."""
+    vw, vh = box
+    if vw is None or vh is None or vw == vh:
+        return vw or vh
+    header = decode_attrs(inst.attrs, inst.attrs_ts)
+    width, height = int(header.get("Columns", 0) or 0), int(header.get("Rows", 0) or 0)
+    if not width or not height:
+        return min(vw, vh)
+    scale = min(vw / width, vh / height)
+    return max(1, int(max(width, height) * scale))
+
+
+def _view(request: Request, inst: Instance, frame: int, thumbnail: bool) -> View:
     """WADO-RS rendering parameters: Accept, window, viewport, quality."""
     accept = request.headers.get("accept", "") or "image/jpeg"
     fmt = next(
@@ -255,13 +414,12 @@ def _view(request: Request, frame: int, thumbnail: bool) -> View:
     params = request.query_params
     try:
         window = Window.parse(params["window"]) if "window" in params else None
-        viewport = params.get("viewport", "")
-        size = max(int(v) for v in viewport.split(",")[:2]) if viewport else None
         quality = int(params.get("quality", 90))
     except RenderError as e:
         raise HTTPException(400, str(e)) from None
     except ValueError:
-        raise HTTPException(400, "viewport is 'width,height'; quality is 1-100") from None
+        raise HTTPException(400, "quality is 1-100") from None
+    size = _fit(_viewport(params["viewport"]), inst) if "viewport" in params else None
     if thumbnail:
         size = min(size or 128, 256)
     return View(frame=frame, window=window, size=size, fmt=fmt, quality=max(1, min(quality, 100)))
@@ -301,6 +459,7 @@ class DicomWeb:
     def search(
         self, request: Request, who: Caller, level: Level, parents: dict[str, str]
     ) -> Response:
+        _accept_json(request)
         if self.issuer is not None:
             parents = {**parents, "IssuerOfPatientID": self.issuer}
         q = _search(request, level, parents)
@@ -344,7 +503,10 @@ class DicomWeb:
                     (h.patient.patient_id, h.study.study_uid if h.study else "") for h in hits
                 ],
             )
-        return Response(_json(out), media_type=DICOM_JSON)
+        headers = {}
+        if request.query_params.get("fuzzymatching", "").lower() == "true":
+            headers["Warning"] = _FUZZY_WARNING.format(host=request.url.netloc)
+        return Response(_json(out), media_type=DICOM_JSON, headers=headers)
 
     # WADO-RS
 
@@ -419,16 +581,23 @@ class DicomWeb:
         series: str | None = None,
         sop: str | None = None,
     ) -> StreamingResponse:
-        accepted = _accept_dicom(request)
+        wanted = _dicom_syntaxes(request)
         instances, patients, _ = self._read(who, "dicomweb.retrieve", study, series, sop)
+        plan = [
+            (inst, ts)
+            for inst in instances
+            if (ts := outbound.serving_syntax(inst.transfer_syntax, wanted))
+        ]
+        if not plan:
+            raise HTTPException(406, f"no instance can be sent in {', '.join(wanted)}")
         store = self.archive.store
 
         def parts() -> Iterator[tuple[str, bytes]]:
-            for inst in instances:
+            for inst, ts in plan:
                 try:
-                    body, ts = outbound.part10(store, inst, patients[inst.id], accepted.syntaxes)
-                except (ObjectNotFound, ObjectStoreError):
-                    continue  # logged by the store; the client sees the part missing
+                    body = outbound.part10(store, inst, patients[inst.id], ts)
+                except (ObjectNotFound, ObjectStoreError, outbound.NotServable):
+                    continue  # logged by the store or the decoder; the client sees it missing
                 yield f"application/dicom; transfer-syntax={ts}", body
 
         return _multipart_response(parts(), "application/dicom")
@@ -443,6 +612,7 @@ class DicomWeb:
     ) -> Response:
         """From the index alone: the stored attributes up to the pixel data, current patient
         module, and BulkDataURIs for every large binary value."""
+        _accept_json(request)
         instances, patients, series_of = self._read(who, "dicomweb.metadata", study, series, sop)
         base = _base(request, self.prefix)
         out = []
@@ -460,39 +630,55 @@ class DicomWeb:
             out.append(item)
         return Response(_json(out), media_type=DICOM_JSON)
 
-    def bulk(self, who: Caller, study: str, series: str, sop: str, tag: str) -> StreamingResponse:
-        inst = self._one(who, "dicomweb.bulkdata", study, series, sop)
+    def bulk(
+        self, request: Request, who: Caller, ids: tuple[str, str, str], tag: str
+    ) -> StreamingResponse:
+        """A binary value as stored; encapsulated pixel data frame by frame, as frames with
+        transfer-syntax=* would be (or decoded, if the client asks for octet-stream)."""
         try:
-            value = outbound.bulk_value(self.archive.store, inst, int(tag, 16))
+            number = int(tag, 16)
+        except ValueError:
+            raise HTTPException(404, f"instance has no bulk data {tag!r}") from None
+        inst = self._one(who, "dicomweb.bulkdata", *ids)
+        if number == _PIXEL_DATA and UID(inst.transfer_syntax).is_compressed:
+            answer = _frame_answer(request, inst.transfer_syntax, None)
+            frames = self._frames(inst, None, answer)
+            if answer.decoded:
+                frames = [b"".join(frames)]
+            return _multipart_response(((answer.part_type, f) for f in frames), answer.media)
+        try:
+            value = outbound.bulk_value(self.archive.store, inst, number)
         except ValueError:
             raise HTTPException(404, f"instance has no bulk data {tag!r}") from None
         except (ObjectNotFound, ObjectStoreError) as e:
             raise HTTPException(503, f"object unreadable: {e}") from None
-        return _multipart_response(
-            iter([("application/octet-stream", value)]), "application/octet-stream"
-        )
+        return _multipart_response(iter([(_OCTETS, value)]), _OCTETS)
 
     def frames(
-        self, who: Caller, study: str, series: str, sop: str, numbers: str
+        self, request: Request, who: Caller, ids: tuple[str, str, str], numbers: str
     ) -> StreamingResponse:
         try:
             wanted = [int(n) for n in numbers.split(",")]
         except ValueError:
             raise HTTPException(400, "frames are listed as 1-based numbers: 1,2,3") from None
-        inst = self._one(who, "dicomweb.frames", study, series, sop)
+        inst = self._one(who, "dicomweb.frames", *ids)
+        answer = _frame_answer(request, inst.transfer_syntax, _OCTETS)
+        frames = self._frames(inst, wanted, answer)
+        return _multipart_response(((answer.part_type, f) for f in frames), answer.media)
+
+    def _frames(
+        self, inst: Instance, numbers: list[int] | None, answer: FrameAnswer
+    ) -> list[bytes]:
+        """The frames (None: all) decoded or as stored, per `answer`."""
+        read = outbound.frames if answer.decoded else outbound.stored_frames
         try:
-            frames = outbound.frames(self.archive.store, inst, wanted)
+            return read(self.archive.store, inst, numbers)
         except IndexError as e:
             raise HTTPException(404, str(e)) from None
         except ValueError as e:
             raise HTTPException(406, str(e)) from None
         except (ObjectNotFound, ObjectStoreError) as e:
             raise HTTPException(503, f"object unreadable: {e}") from None
-        parts = (
-            (f"application/octet-stream; transfer-syntax={ExplicitVRLittleEndian}", f)
-            for f in frames
-        )
-        return _multipart_response(parts, "application/octet-stream")
 
     def rendered(
         self,
@@ -502,16 +688,15 @@ class DicomWeb:
         frame: int = 1,
         thumbnail: bool = False,
     ) -> Response:
-        view = _view(request, frame, thumbnail)
-        return self.images.response(self._one(who, "dicomweb.rendered", *ids), view)
+        inst = self._one(who, "dicomweb.rendered", *ids)
+        return self.images.response(inst, _view(request, inst, frame, thumbnail))
 
     async def rendered_async(
         self, request: Request, who: Caller, ids: tuple[str, str, str]
     ) -> Response:
         """The hot path of a viewer: one indexed lookup, then the cache or a worker thread."""
-        view = _view(request, 1, False)
         inst = self._one(who, "dicomweb.rendered", *ids)
-        return await self.images.response_async(inst, view)
+        return await self.images.response_async(inst, _view(request, inst, 1, False))
 
     def wado_uri(self, request: Request, who: Caller) -> Response:
         """WADO-URI (PS3.18 chapter 9): one object as DICOM or as a rendered image."""
@@ -526,12 +711,7 @@ class DicomWeb:
         instances, patients, _ = self._read(who, "dicomweb.wado-uri", *ids)
         inst = instances[0]
         if content == "application/dicom":
-            syntax = q.get("transferSyntax", ExplicitVRLittleEndian)
-            try:
-                body, _ = outbound.part10(self.archive.store, inst, patients[inst.id], {syntax})
-            except (ObjectNotFound, ObjectStoreError) as e:
-                raise HTTPException(503, f"object unreadable: {e}") from None
-            return Response(body, media_type="application/dicom")
+            return self._wado_part10(inst, patients[inst.id], q.get("transferSyntax"))
         fmt = {"image/jpeg": "jpeg", "image/png": "png"}.get(content)
         if fmt is None:
             raise HTTPException(
@@ -543,16 +723,30 @@ class DicomWeb:
                 if "windowCenter" in q and "windowWidth" in q
                 else None
             )
-            size = max(int(q.get("rows", 0)), int(q.get("columns", 0))) or None
+            box = (int(q.get("columns", 0)) or None, int(q.get("rows", 0)) or None)
             frame = int(q.get("frameNumber", 1))
             quality = int(q.get("imageQuality", 90))
         except ValueError:
             raise HTTPException(
                 400, "windowCenter/Width, rows, columns, frameNumber are numbers"
             ) from None
+        size = _fit(box, inst)
         return self.images.response(
             inst, View(frame=frame, window=window, size=size, fmt=fmt, quality=quality)
         )
+
+    def _wado_part10(self, inst: Instance, pm: PatientModule, syntax: str | None) -> Response:
+        """WADO-URI application/dicom: explicit VR little endian unless transferSyntax says."""
+        ts = outbound.serving_syntax(inst.transfer_syntax, [syntax or ExplicitVRLittleEndian])
+        if ts is None:
+            raise HTTPException(406, f"the object cannot be sent in transfer syntax {syntax}")
+        try:
+            body = outbound.part10(self.archive.store, inst, pm, ts)
+        except outbound.NotServable as e:
+            raise HTTPException(406, str(e)) from None
+        except (ObjectNotFound, ObjectStoreError) as e:
+            raise HTTPException(503, f"object unreadable: {e}") from None
+        return Response(body, media_type="application/dicom")
 
     # STOW-RS
 
@@ -570,37 +764,30 @@ class DicomWeb:
         result = await run_in_threadpool(self._accept_parts, parts, who, study, _base(request))
         return result
 
-    def _accept_parts(
-        self, parts: list[tuple[str, bytes]], who: Caller, study: str | None, base: str
-    ) -> Response:
+    def _accept_part(
+        self, content_type: str, body: bytes, who: Caller, study: str | None, base: str
+    ) -> Dataset:
+        """One part spooled (never dropped once readable), answered by its reference item:
+        a FailureReason in it puts it in FailedSOPSequence."""
         assert self.intake is not None
-        stored: list[Dataset] = []
-        failed: list[Dataset] = []
-        for content_type, body in parts:
-            item = Dataset()
-            if content_type.split(";")[0].strip().lower() not in ("application/dicom", ""):
-                item.FailureReason = _CANNOT_UNDERSTAND
-                failed.append(item)
-                continue
-            try:
-                ident = self.intake.accept(
-                    body, source=f"STOW:{who.user}"[:64], address=who.address
-                )
-            except InvalidObject:
-                item.FailureReason = _CANNOT_UNDERSTAND
-                failed.append(item)
-                continue
-            except OSError:
-                item.FailureReason = _OUT_OF_RESOURCES
-                failed.append(item)
-                continue
-            item.ReferencedSOPClassUID = ident.sop_class_uid
-            item.ReferencedSOPInstanceUID = ident.sop_uid
-            if study is not None and ident.study_uid != study:
-                # spooled already (never drop clinical data) but reported as not in this study
-                item.FailureReason = _STUDY_MISMATCH
-                failed.append(item)
-                continue
+        if content_type.split(";")[0].strip().lower() not in ("application/dicom", ""):
+            return _failure(body, _CANNOT_UNDERSTAND)
+        try:
+            ident = self.intake.accept(body, source=f"STOW:{who.user}"[:64], address=who.address)
+        except InvalidObject:
+            return _failure(body, _CANNOT_UNDERSTAND)
+        except OSError:
+            return _failure(body, _OUT_OF_RESOURCES)
+        item = Dataset()
+        item.ReferencedSOPClassUID = ident.sop_class_uid
+        item.ReferencedSOPInstanceUID = ident.sop_uid
+        if study is not None and ident.study_uid != study:
+            # spooled already (never drop clinical data) but reported as not in this study
+            item.FailureReason = _STUDY_MISMATCH
+        elif self._conflicts(ident.sop_uid, body):
+            # archived as a conflict copy; retrieving the UID gives the original, not this one
+            item.FailureReason = _DUPLICATE_SOP
+        else:
             item.add(
                 DataElement(
                     _RETRIEVE_URL,
@@ -609,7 +796,22 @@ class DicomWeb:
                     f"/instances/{ident.sop_uid}",
                 )
             )
-            stored.append(item)
+        return item
+
+    def _conflicts(self, sop_uid: str, body: bytes) -> bool:
+        """Whether the index holds other bytes under this SOP Instance UID."""
+        with self.archive.sessions() as session:
+            known = catalog.existing(session, [sop_uid]).get(sop_uid)
+        return known is not None and known[0] != sha256_of(body)
+
+    def _accept_parts(
+        self, parts: list[tuple[str, bytes]], who: Caller, study: str | None, base: str
+    ) -> Response:
+        stored: list[Dataset] = []
+        failed: list[Dataset] = []
+        for content_type, body in parts:
+            item = self._accept_part(content_type, body, who, study, base)
+            (failed if "FailureReason" in item else stored).append(item)
         answer = Dataset()
         if study is not None:
             answer.add(DataElement(_RETRIEVE_URL, "UR", _study_url(base, study)))
@@ -618,6 +820,25 @@ class DicomWeb:
             answer.FailedSOPSequence = failed
         status = 200 if not failed else 202 if stored else 409
         return Response(_json(answer.to_json_dict()), status_code=status, media_type=DICOM_JSON)
+
+
+def _failure(body: bytes, reason: int) -> Dataset:
+    """A FailedSOPSequence item with whatever identifies the part (PS3.18 10.5.3)."""
+    item = Dataset()
+    try:
+        ds = dcmread(BytesIO(body), force=True, stop_before_pixels=True)
+        meta = ds.get("file_meta", Dataset())
+        sop_class = ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID")
+        sop_uid = ds.get("SOPInstanceUID") or meta.get("MediaStorageSOPInstanceUID")
+    except Exception:
+        # whatever is unreadable only leaves the part unidentified; the reason still goes out
+        sop_class = sop_uid = None
+    if sop_class:
+        item.ReferencedSOPClassUID = sop_class
+    if sop_uid:
+        item.ReferencedSOPInstanceUID = sop_uid
+    item.FailureReason = reason
+    return item
 
 
 def _json(value: Any) -> bytes:
@@ -783,12 +1004,19 @@ def read_routes(
 
     @r.get("/studies/{study}/series/{series}/instances/{sop}/bulk/{tag}")
     def bulk(
-        study: str, series: str, sop: str, tag: str, who: Caller = who_dep, web: DicomWeb = web_dep
+        request: Request,
+        study: str,
+        series: str,
+        sop: str,
+        tag: str,
+        who: Caller = who_dep,
+        web: DicomWeb = web_dep,
     ) -> StreamingResponse:
-        return web.bulk(who, study, series, sop, tag)
+        return web.bulk(request, who, (study, series, sop), tag)
 
     @r.get("/studies/{study}/series/{series}/instances/{sop}/frames/{numbers}")
     def frames(
+        request: Request,
         study: str,
         series: str,
         sop: str,
@@ -796,7 +1024,7 @@ def read_routes(
         who: Caller = who_dep,
         web: DicomWeb = web_dep,
     ) -> StreamingResponse:
-        return web.frames(who, study, series, sop, numbers)
+        return web.frames(request, who, (study, series, sop), numbers)
 
     @r.get("/wado")
     def wado_uri(request: Request, who: Caller = who_dep, web: DicomWeb = web_dep) -> Response:
@@ -852,5 +1080,22 @@ def router(
     @r.post("/studies/{study}")
     async def store_in_study(request: Request, who: Uploader, study: str) -> Response:
         return await web.store(request, who, study)
+
+    reader = Depends(requires(CLINICAL_READERS, "reading patient data"))
+
+    @r.get("/studies/{study}/thumbnail")
+    def study_thumbnail(request: Request, study: str, who: Caller = reader) -> Response:
+        return web.rendered(request, who, images.representative(study), thumbnail=True)
+
+    @r.get("/studies/{study}/series/{series}/thumbnail")
+    def series_thumbnail(
+        request: Request, study: str, series: str, who: Caller = reader
+    ) -> Response:
+        return web.rendered(request, who, images.representative(study, series), thumbnail=True)
+
+    @r.get("/studies/{study}/rendered")
+    @r.get("/studies/{study}/series/{series}/rendered")
+    def rendered_set(who: Caller = reader) -> Response:
+        return images.no_rendered_sets()
 
     return r
