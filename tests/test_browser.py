@@ -23,8 +23,11 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
+from sqlalchemy import select
 
 from bench.data import files, one_study
+from storage.archive import Archive
+from storage.models import AuditEvent
 from tests.conftest import Broker
 from tests.dcmtk import storescu
 from tests.test_dimse import wait_instances
@@ -138,3 +141,58 @@ def test_epr_link_pages_in_chromium(broker_factory, browser: WebDriver, tmp_path
     assert "utløpt" in browser.page_source
     assert browser.find_elements(By.TAG_NAME, "img") == []
     assert httpx.get(url.replace(token, expired)).status_code == 401
+
+
+def short_link(b: Broker, url: str, seconds: int) -> str:
+    """The link with its lifetime cut to `seconds` (the API gives at least 10 s)."""
+    key = (b.data_dir / "keys" / "signing.key").read_bytes()
+    token = url.rsplit("/", 1)[1]
+    claims = jwt.decode(token, key, algorithms=["HS256"], audience="pacsbroker-epr-link")
+    short = jwt.encode({**claims, "exp": int(time.time()) + seconds}, key, algorithm="HS256")
+    return url.replace(token, short)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_the_study_viewer_outlives_its_link_within_the_same_scope(
+    broker_factory, browser: WebDriver, tmp_path: Path
+) -> None:
+    b: Broker = broker_factory().start()
+    ct = files(one_study(tmp_path, "ct300", 10, 64))
+    other = files(one_study(tmp_path, "ct301", 2, 64))
+    assert storescu(b.dicom_port, [*ct, *other]).returncode == 0
+    wait_instances(b, len(ct) + len(other))
+    study = str(dcmread(ct[0]).StudyInstanceUID)
+    with api(b) as epj:
+        url = epj.post("/links", json={"clinician": "lege-lise", "patient_id": PATIENT}).json()[
+            "url"
+        ]
+    link = short_link(b, url, 2)
+    browser.get(f"{link}/studies/{study}")
+    view = WebDriverWait(browser, 20).until(
+        lambda d: (v := d.find_element(By.ID, "view")) and loaded(d, v) and v
+    )
+    time.sleep(3)
+    assert httpx.get(f"{link}/studies/{study}.json").status_code == 401  # the link is dead
+    for _ in range(4):  # past the images the viewer fetched ahead while the link was valid
+        browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ARROW_DOWN)
+    WebDriverWait(browser, 20).until(
+        lambda d: "5 / 10" in d.find_element(By.ID, "pos").text and loaded(d, view)
+    )
+    assert view.get_attribute("data-sop") == str(dcmread(ct[4]).SOPInstanceUID)
+    assert "pacsbroker_epr" not in browser.execute_script("return document.cookie")
+
+    foreign = dcmread(other[0])
+    status = browser.execute_async_script(
+        "fetch(arguments[0]).then(r => arguments[1](r.status))",
+        f"{link}/images/{foreign.StudyInstanceUID}/{foreign.SOPInstanceUID}",
+    )
+    assert status in (403, 404)
+    archive = Archive(b.settings())
+    try:
+        with archive.sessions() as session:
+            reads = session.scalars(
+                select(AuditEvent.actor).where(AuditEvent.action == "epr.image")
+            ).all()
+    finally:
+        archive.close()
+    assert len(reads) >= 5 and set(reads) == {"lege-lise"}

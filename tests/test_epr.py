@@ -313,3 +313,70 @@ def test_only_the_epr_system_issues_links_for_someone_else(
         ("lege-lise", "link issued by lege-lise"),
         ("dr-other", "link issued by dips-epj"),
     }
+
+
+def test_iid_opens_by_accession_number_and_answers_errors_as_pages(
+    ct300: tuple[Broker, list[Path]],
+) -> None:
+    b, ct = ct300
+    first = dcmread(ct[0])
+    study, accession = str(first.StudyInstanceUID), str(first.AccessionNumber)
+    iid = f"http://127.0.0.1:{b.http_port}/IHEInvokeImageDisplay"
+    tok = b.cli("token", "--user", "lege-lise", "--role", "clinician").stdout.strip()
+    auth = {"Authorization": f"Bearer {tok}"}
+
+    r = httpx.get(iid, params={"requestType": "STUDY", "accessionNumber": accession}, headers=auth)
+    assert r.status_code == 303 and r.headers["location"].endswith(f"/studies/{study}")
+    assert 'id="view"' in httpx.get(r.headers["location"]).text
+    cx = f"{PATIENT}^^^&2.16.578.1.12.4.1.4.1&ISO"
+    r = httpx.get(iid, params={"requestType": "PATIENT", "patientID": cx}, headers=auth)
+    assert r.status_code == 303 and httpx.get(r.headers["location"]).status_code == 200
+
+    unknown = {"requestType": "STUDY", "accessionNumber": "NOSUCH"}
+    r = httpx.get(iid, params=unknown, headers=auth)
+    assert r.status_code == 404 and r.headers["content-type"].startswith("text/html")
+    assert "Finner ikke" in r.text and '<html lang="nb"' in r.text
+    r = httpx.get(iid, params={**unknown, "lang": "en"}, headers=auth)
+    assert r.status_code == 404 and "No such patient or study" in r.text
+    r = httpx.get(iid, params={"requestType": "STUDY"}, headers=auth)
+    assert r.status_code == 400 and "accessionNumber" in r.text and "<h1>" in r.text
+    r = httpx.get(iid, params={"requestType": "STUDY", "accessionNumber": accession})
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert "logget inn" in r.text
+    research = b.cli("token", "--user", "forsker", "--role", "researcher").stdout.strip()
+    r = httpx.get(iid, params=unknown, headers={"Authorization": f"Bearer {research}"})
+    assert r.status_code == 403 and "tilgang" in r.text
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_frames_out_of_range_and_study_and_series_thumbnails(
+    ct300: tuple[Broker, list[Path]],
+) -> None:
+    b, ct = ct300
+    headers = [dcmread(p, stop_before_pixels=True) for p in ct]
+    first = headers[0]
+    study, series = str(first.StudyInstanceUID), str(first.SeriesInstanceUID)
+    with api(b) as epj:
+        r = epj.get(f"/studies/{study}/key-images/{first.SOPInstanceUID}/image?frame=2")
+        assert r.status_code == 400 and "frame 2 out of range" in r.json()["detail"]
+
+    tok = b.cli("token", "--user", "lege-lise", "--role", "clinician").stdout.strip()
+    with httpx.Client(
+        base_url=f"http://127.0.0.1:{b.http_port}/dicomweb",
+        headers={"Authorization": f"Bearer {tok}"},
+        timeout=60,
+    ) as web:
+        inst = f"/studies/{study}/series/{series}/instances/{first.SOPInstanceUID}"
+        assert web.get(f"{inst}/frames/2/rendered").status_code == 400
+        middle = sorted(headers, key=lambda d: int(d.InstanceNumber))[len(headers) // 2]
+        mid = web.get(
+            f"/studies/{study}/series/{series}/instances/{middle.SOPInstanceUID}/thumbnail"
+        )
+        assert mid.status_code == 200
+        for level in (f"/studies/{study}", f"/studies/{study}/series/{series}"):
+            thumb = web.get(f"{level}/thumbnail")
+            assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+            assert thumb.content == mid.content
+            rendered = web.get(f"{level}/rendered")
+            assert rendered.status_code == 406 and "thumbnail" in rendered.json()["detail"]
+        assert web.get("/studies/1.2.3.999/thumbnail").status_code == 404

@@ -112,3 +112,42 @@ def test_palette_color_is_shown_in_its_colours_like_dcmtk(tmp_path: Path) -> Non
     assert ours.mode == ref.mode == "RGB" and ours.size == ref.size
     diff = np.abs(np.asarray(ours, dtype=float) - np.asarray(ref, dtype=float))
     assert diff.mean() < 1.0 and diff.max() <= 2
+
+
+def _single_frame(ds: Dataset, pixels: np.ndarray) -> Dataset:
+    """`ds` with `pixels` (one decoded frame) as its only, uncompressed frame."""
+    out = dcmread(BytesIO(_part10(ds)))
+    out.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    out.PixelData = np.ascontiguousarray(pixels).tobytes()
+    out["PixelData"].VR = "OB" if pixels.dtype.itemsize == 1 else "OW"
+    out.NumberOfFrames = 1
+    if int(ds.get("SamplesPerPixel", 1)) == 3:  # pydicom decodes colour to interleaved RGB
+        out.PhotometricInterpretation, out.PlanarConfiguration = "RGB", 0
+    return out
+
+
+def _part10(ds: Dataset) -> bytes:
+    buf = BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "name", ["examples_ybr_color.dcm", "rtdose.dcm", "rtdose_rle.dcm", "SC_rgb_rle_2frame.dcm"]
+)
+def test_one_frame_is_decoded_and_equals_that_frame_of_the_whole(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = get_testdata_file(name)
+    assert isinstance(path, str)  # pydicom's bundled files, no download
+    ds = dcmread(path)
+    whole = ds.pixel_array
+    count = int(ds.NumberOfFrames)
+    # decoding every frame to show one is what made cine slow
+    monkeypatch.setattr(Dataset, "pixel_array", property(lambda _: pytest.fail("decoded all")))
+    for k in sorted({0, count // 2, count - 1}):
+        ours = render(ds, View(frame=k + 1, fmt="png"))
+        expected = render(_single_frame(ds, whole[k]), View(fmt="png"))
+        assert np.array_equal(
+            np.asarray(Image.open(BytesIO(ours))), np.asarray(Image.open(BytesIO(expected)))
+        )

@@ -7,10 +7,12 @@ import datetime as dt
 import time
 from dataclasses import dataclass
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import jwt
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from sqlalchemy import ColumnElement, exists, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
@@ -18,8 +20,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 from storage import keyobjects, outbound, registry
 from storage.archive import Archive
 from storage.audit import AuditTrail
-from storage.demographics import Identifier
-from storage.dicomheader import decode_attrs
+from storage.demographics import OID_PREFIX, Identifier
 from storage.intake import Intake
 from storage.models import (
     VISIBLE,
@@ -33,8 +34,10 @@ from storage.models import (
 )
 from storage.query import NOT_REJECTED
 from viewer import pages
-from viewer.auth import Caller, requires
+from viewer.auth import Caller, caller, requires
 from viewer.images import ImageService
+from viewer.images import frames_shown as _frames
+from viewer.images import order_number as _number
 from viewer.render import RenderError, View, Window
 
 EPR_ROLES = frozenset({"epr", "clinician", "radiologist", "radiology-admin"})
@@ -43,6 +46,17 @@ LINK_AUDIENCE = "pacsbroker-epr-link"
 # The EPR system vouches for the clinician it names; anyone else gets links for themself only.
 LINK_ISSUER_ROLE = "epr"
 MAX_LINK_TTL = 3600
+IID_USAGE = (
+    "IID needs requestType=STUDY with studyUID or accessionNumber, "
+    "or requestType=PATIENT with patientID"
+)
+# A valid link opened in a browser starts a session for the same scope, in an HttpOnly cookie
+# limited to the link's path, so the full-study viewer keeps working after the link expires.
+SESSION_AUDIENCE = "pacsbroker-epr-session"
+SESSION_COOKIE = "pacsbroker_epr"
+SESSION_SECONDS = 8 * 3600
+_SCOPE_CLAIMS = ("sub", "pid", "study", "iss", "iat")
+_bearer = HTTPBearer(auto_error=False)
 
 
 class KeyImageOut(BaseModel):
@@ -289,31 +303,45 @@ class Epj:
         """IHE IID: open the images for a patient or a study in the caller's browser."""
         q = request.query_params
         kind = q.get("requestType", "").upper()
-        study_uids = [u for u in q.get("studyUID", "").split(",") if u]
-        if kind == "STUDY" and study_uids:
-            with self.archive.sessions() as session:
-                row = session.execute(
-                    select(Patient.patient_id, Patient.issuer)
-                    .join(Study, Study.patient_fk == Patient.id)
-                    .where(Study.study_uid == study_uids[0])
-                ).first()
-            if row is None:
-                raise HTTPException(404, "no such study in the archive")
-            body = LinkRequest(clinician=who.user, patient_id=row[0], study_uid=study_uids[0])
+        if kind == "STUDY":
+            patient_id, study_uid = self._iid_study(
+                q.get("studyUID", ""), q.get("accessionNumber", "")
+            )
+            body = LinkRequest(clinician=who.user, patient_id=patient_id, study_uid=study_uid)
         elif kind == "PATIENT" and q.get("patientID"):
-            value, _, rest = q["patientID"].partition("^^^")
-            oid = rest.split("&")[1] if rest.count("&") >= 2 else ""
-            body = LinkRequest(
-                clinician=who.user, patient_id=value, system=f"urn:oid:{oid}" if oid else ""
-            )
+            ident = _cx(q["patientID"])
+            body = LinkRequest(clinician=who.user, patient_id=ident.value, system=ident.system)
         else:
-            raise HTTPException(
-                400, "IID needs requestType=STUDY&studyUID=… or requestType=PATIENT&patientID=…"
-            )
+            raise HTTPException(400, IID_USAGE)
         url = self.link(request, who, body).url
         if kind == "STUDY" and q.get("keyImagesOnly", "").lower() != "true":
-            url += f"/studies/{study_uids[0]}"
+            url += f"/studies/{body.study_uid}"
+        if "lang" in q:
+            url += f"?lang={pages.lang_of(q['lang'])}"
         return RedirectResponse(url, status_code=303)
+
+    def _iid_study(self, study_uids: str, accessions: str) -> tuple[str, str]:
+        """(patient ID, study UID) of an IID STUDY request: the first studyUID, else the study
+        with the first accessionNumber (RAD TF-3 4.106.4.1.2.2)."""
+        if uid := next((u for u in study_uids.split(",") if u), ""):
+            where = Study.study_uid == uid
+        elif accession := next((a for a in accessions.split(",") if a), ""):
+            where = Study.accession_number == accession
+        else:
+            raise HTTPException(400, IID_USAGE)
+        with self.archive.sessions() as session:
+            rows = session.execute(
+                select(Patient.patient_id, Study.study_uid)
+                .join(Study, Study.patient_fk == Patient.id)
+                .where(where, Patient.status.in_(VISIBLE))
+            ).all()
+        if not rows:
+            raise HTTPException(404, "no such study in the archive")
+        if len(rows) > 1:  # accession numbers are unique per issuer only
+            raise HTTPException(
+                400, f"{len(rows)} studies have that accession number; give studyUID"
+            )
+        return rows[0][0], rows[0][1]
 
     def link(self, request: Request, who: Caller, body: LinkRequest) -> LinkOut:
         if body.clinician != who.user and who.role != LINK_ISSUER_ROLE:
@@ -354,19 +382,17 @@ class Epj:
         )
 
     def scope(self, request: Request, token: str) -> Scope:
+        """What the link opens; after it expires, what the browser's session for it opens."""
         try:
-            claims = jwt.decode(
-                token,
-                request.app.state.signing_key,
-                algorithms=["HS256"],
-                audience=LINK_AUDIENCE,
-                options={"require": ["exp", "sub", "pid"]},
-            )
+            claims = _decode(request, token, LINK_AUDIENCE)
         except jwt.ExpiredSignatureError:
-            raise pages.LinkError(
-                "Lenken er utløpt. Åpne den på nytt fra journalen.",
-                "The link has expired. Open it again from the patient record.",
-            ) from None
+            session = _session_claims(request, token)
+            if session is None:
+                raise pages.LinkError(
+                    "Lenken er utløpt. Åpne den på nytt fra journalen.",
+                    "The link has expired. Open it again from the patient record.",
+                ) from None
+            claims = session
         except jwt.InvalidTokenError:
             raise pages.LinkError("Lenken er ugyldig.", "The link is not valid.") from None
         return Scope(
@@ -374,6 +400,26 @@ class Epj:
             int(claims["pid"]),
             str(claims.get("study", "")),
             str(claims.get("iss", "")),
+        )
+
+    def start_session(self, request: Request, token: str, response: Response) -> None:
+        """Give the browser a session for the link's scope while the link itself is valid;
+        one opened through the session is not prolonged."""
+        try:
+            claims = _decode(request, token, LINK_AUDIENCE)
+        except jwt.InvalidTokenError:
+            return
+        now = int(time.time())
+        session = {k: claims[k] for k in _SCOPE_CLAIMS if k in claims}
+        session.update(aud=SESSION_AUDIENCE, exp=now + SESSION_SECONDS)
+        response.set_cookie(
+            SESSION_COOKIE,
+            jwt.encode(session, request.app.state.signing_key, algorithm="HS256"),
+            max_age=SESSION_SECONDS,
+            path=f"{urlsplit(_base(request)).path}/open/{token}",
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
         )
 
     def study(self, request: Request, token: str, study_uid: str) -> dict[str, Any]:
@@ -436,23 +482,37 @@ class Epj:
             return HTMLResponse(pages.key_images(patient, studies, lang, who.user, base))
 
 
-def _frames(inst: Instance) -> int:
-    """How many frames the viewer shows: a waveform is one (its plot); 0 for objects it cannot
-    draw (KOS, SR, PDF)."""
-    try:
-        attrs = decode_attrs(inst.attrs, inst.attrs_ts)
-    except Exception:
-        return 0
-    if "Rows" not in attrs:
-        return 1 if "WaveformSequence" in attrs else 0
-    return int(attrs.get("NumberOfFrames", 1) or 1)
+def _decode(request: Request, token: str, audience: str, verify_exp: bool = True) -> dict[str, Any]:
+    return jwt.decode(
+        token,
+        request.app.state.signing_key,
+        algorithms=["HS256"],
+        audience=audience,
+        options={"require": ["exp", "sub", "pid"], "verify_exp": verify_exp},
+    )
 
 
-def _number(text: str) -> int:
+def _session_claims(request: Request, token: str) -> dict[str, Any] | None:
+    """The browser's unexpired session for this (expired but genuine) link, if it has one."""
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if not cookie:
+        return None
     try:
-        return int(text)
-    except ValueError:
-        return 0
+        link = _decode(request, token, LINK_AUDIENCE, verify_exp=False)
+        session = _decode(request, cookie, SESSION_AUDIENCE)
+    except jwt.InvalidTokenError:
+        return None
+    # the cookie must be this link's: a session never widens or moves the scope
+    return session if all(link.get(k) == session.get(k) for k in _SCOPE_CLAIMS) else None
+
+
+def _cx(value: str) -> Identifier:
+    """An HL7 CX patient ID, `ID^^^namespace&OID&ISO`: the value and its assigning authority's
+    universal ID as the system (none when only a namespace, or nothing, is given)."""
+    pid, _, rest = value.partition("^^^")
+    authority = rest.split("^")[0].split("&")
+    oid = authority[1] if len(authority) >= 2 else ""
+    return Identifier(f"{OID_PREFIX}{oid}" if oid else "", pid)
 
 
 def _base(request: Request) -> str:
@@ -512,7 +572,9 @@ def router(
 
     @r.get("/open/{token}", response_class=HTMLResponse, include_in_schema=False)
     def open_link(request: Request, token: str, lang: str = "nb") -> HTMLResponse:
-        return epj.open_page(request, token, lang)
+        page = epj.open_page(request, token, lang)
+        epj.start_session(request, token, page)
+        return page
 
     @r.get("/open/{token}/images/{study_uid}/{sop_uid}", include_in_schema=False)
     def open_image(
@@ -539,21 +601,30 @@ def router(
     def open_study(request: Request, token: str, study_uid: str, lang: str = "nb") -> HTMLResponse:
         epj.scope(request, token)
         base = f"{_base(request)}/open/{token}"
-        return HTMLResponse(pages.study_viewer(base, study_uid, lang))
+        page = HTMLResponse(pages.study_viewer(base, study_uid, lang))
+        epj.start_session(request, token, page)
+        return page
 
     return r
 
 
 def iid_router(archive: Archive, trail: AuditTrail) -> APIRouter:
-    """IHE Invoke Image Display at the path the profile names, behind the same authentication."""
+    """IHE Invoke Image Display at the path the profile names, behind the same authentication;
+    it is a browser launch, so its errors are pages, not JSON."""
     epj = Epj(archive, trail, None)
+    allowed = requires(EPR_ROLES, "the EPR API")
     r = APIRouter(tags=["epr"])
 
     @r.get("/IHEInvokeImageDisplay")
-    def invoke(request: Request, who: Epr) -> RedirectResponse:
-        """requestType=STUDY&studyUID=… (full study; keyImagesOnly=true for key images) or
-        requestType=PATIENT&patientID=ID^^^&OID&ISO (the patient's key findings)."""
-        return epj.invoke(request, who)
+    def invoke(
+        request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    ) -> Response:
+        """requestType=STUDY&studyUID=… or &accessionNumber=… (full study; keyImagesOnly=true
+        for key images) or requestType=PATIENT&patientID=ID^^^&OID&ISO (key findings)."""
+        try:
+            return epj.invoke(request, allowed(caller(request, creds)))
+        except HTTPException as e:
+            return pages.request_error_page(request, e)
 
     return r
 

@@ -3,11 +3,12 @@ Norwegian (bokmål) by default, English with `?lang=en`."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from html import escape
 from pathlib import Path
 from typing import Any
 
-from fastapi import Request
+from fastapi import HTTPException, Request
 from fastapi.responses import HTMLResponse
 
 LABELS = {
@@ -41,7 +42,7 @@ h2{font-size:1.05rem;margin:0 0 .5rem} .finding{white-space:pre-wrap;max-width:6
 .keys{display:flex;flex-wrap:wrap;gap:.8rem;margin:.6rem 0}
 figure{margin:0} figure img{max-width:min(100%,640px);height:auto;background:#000;display:block}
 figcaption{font-size:.85rem;color:#bbb} a{color:#8cf}
-.error{padding:2rem;font-size:1.1rem}
+.error{padding:2rem;font-size:1.1rem} .detail{color:#aaa;font-size:.85rem}
 """
 
 
@@ -53,7 +54,7 @@ class LinkError(Exception):
         self.messages = {"nb": nb, "en": en}
 
 
-def _lang(lang: str) -> str:
+def lang_of(lang: str) -> str:
     return lang if lang in LABELS else "nb"
 
 
@@ -65,12 +66,42 @@ def _page(title: str, body: str, lang: str) -> str:
     )
 
 
-async def link_error_page(request: Request, exc: Exception) -> HTMLResponse:
-    lang = _lang(request.query_params.get("lang", "nb"))
-    assert isinstance(exc, LinkError)
+# What a clinician is told when a launch (IHE IID) fails, by status; the detail follows.
+PROBLEMS = {
+    400: (
+        "Forespørselen er ufullstendig eller ugyldig.",
+        "The request is incomplete or not valid.",
+    ),
+    401: ("Du må være logget inn.", "You need to be signed in."),
+    403: ("Du har ikke tilgang til disse bildene.", "You may not see these images."),
+    404: ("Finner ikke pasienten eller undersøkelsen.", "No such patient or study."),
+}
+
+
+def error_page(
+    lang: str, message: str, status: int, detail: str = "", headers: Mapping[str, str] | None = None
+) -> HTMLResponse:
+    """The error page every clinician page shows: what went wrong, then the technical detail."""
     t = LABELS[lang]
-    body = f'<div class="error"><h1>{t["error"]}</h1><p>{escape(exc.messages[lang])}</p></div>'
-    return HTMLResponse(_page(t["error"], body, lang), status_code=401)
+    more = f'<p class="detail">{escape(detail)}</p>' if detail else ""
+    body = f'<div class="error"><h1>{t["error"]}</h1><p>{escape(message)}</p>{more}</div>'
+    return HTMLResponse(_page(t["error"], body, lang), status_code=status, headers=headers)
+
+
+async def link_error_page(request: Request, exc: Exception) -> HTMLResponse:
+    lang = lang_of(request.query_params.get("lang", "nb"))
+    assert isinstance(exc, LinkError)
+    return error_page(lang, exc.messages[lang], 401)
+
+
+def request_error_page(request: Request, exc: HTTPException) -> HTMLResponse:
+    """A refused browser launch as a page with the refusal's status (and its headers)."""
+    lang = lang_of(request.query_params.get("lang", "nb"))
+    nb, en = PROBLEMS.get(
+        exc.status_code, ("Bildene kan ikke vises.", "The images cannot be shown.")
+    )
+    message = nb if lang == "nb" else en
+    return error_page(lang, message, exc.status_code, str(exc.detail), exc.headers)
 
 
 def _date(yyyymmdd: str) -> str:
@@ -80,7 +111,7 @@ def _date(yyyymmdd: str) -> str:
 
 def key_images(patient: Any, studies: list[Any], lang: str, clinician: str, base: str) -> str:
     """The EPR's view of a patient: newest study first, finding text, the key images."""
-    lang = _lang(lang)
+    lang = lang_of(lang)
     t = LABELS[lang]
     head = (
         f"<header><h1>{escape(patient.name.replace('^', ' '))}</h1>"
@@ -175,7 +206,7 @@ VIEWER_SCRIPT = (Path(__file__).parent / "static" / "study.js").read_text(encodi
 
 def study_viewer(base: str, study_uid: str, lang: str) -> str:
     """The full-study viewer: series thumbnails, scrolling, window presets, zoom/pan, cine."""
-    lang = _lang(lang)
+    lang = lang_of(lang)
     t = VIEWER_LABELS[lang]
     options = f'<option value="">{t["default"]}</option>' + "".join(
         f'<option value="{k}">{escape(v)}</option>' for k, v in PRESET_LABELS[lang].items()

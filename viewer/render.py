@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_color_lut, apply_modality_lut
+from pydicom.pixels import apply_color_lut, apply_modality_lut, pixel_array
 
 PRESETS = {
     "soft-tissue": (40.0, 400.0),
@@ -34,6 +34,10 @@ MEDIA = {"jpeg": "image/jpeg", "png": "image/png"}
 
 class RenderError(ValueError):
     """The object cannot be shown as an image; the message says why."""
+
+
+class FrameOutOfRange(RenderError):
+    """The object has no such frame: the request is wrong, not the object."""
 
 
 @dataclass(frozen=True)
@@ -148,14 +152,14 @@ def _image(ds: Dataset, view: View) -> Image.Image:
         raise RenderError("the object has no pixel data")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if not 1 <= view.frame <= frames:
-        raise RenderError(f"frame {view.frame} out of range: the object has {frames}")
+        raise FrameOutOfRange(f"frame {view.frame} out of range: the object has {frames} frame(s)")
     if render_video.is_video(ds):
         return render_video.frame(ds, view.frame)
     try:
-        pixels = ds.pixel_array
+        # only the frame shown: decoding all of a 30-frame object made each cine step 20x slower
+        frame = pixel_array(ds, index=view.frame - 1)
     except Exception as e:
         raise RenderError(f"pixel data cannot be decoded: {e}") from None
-    frame = pixels[view.frame - 1] if frames > 1 else pixels
     if ds.get("PhotometricInterpretation") == "PALETTE COLOR":
         return Image.fromarray(_palette(ds, frame), "RGB")
     if int(ds.get("SamplesPerPixel", 1)) == 3:
