@@ -7,4 +7,4 @@ export TCP_NODELAY=1
 .venv/bin/ruff check broker storage viewer tests sample_dicom tools bench
 .venv/bin/ruff format --check broker storage viewer tests sample_dicom tools bench
 .venv/bin/mypy
-exec .venv/bin/pytest -q -p no:cacheprovider "$@"
+exec .venv/bin/pytest -q -p no:cacheprovider --durations=15 "$@"

@@ -31,7 +31,7 @@ def record_change(
     detail: str,
     patients: Iterable[tuple[str, str]] = (),
 ) -> None:
-    """Audit an admin change in the change's own transaction, so neither commits alone."""
+    """Audit a caller's change in the change's own transaction, so neither commits alone."""
     audit.record(
         session,
         actor=who.user,

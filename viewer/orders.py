@@ -7,12 +7,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, Field
-from sqlalchemy.orm import Session
 
-from storage import audit, nationalid, registry, worklist
+from storage import nationalid, registry, worklist
 from storage.archive import Archive
 from storage.demographics import NATIONAL_SYSTEMS, Demographics, Identifier, national_system
 from storage.models import OrderStatus
+from viewer.admin import record_change
 from viewer.auth import Caller, requires
 
 PLACERS = frozenset({"integration", "radiology-admin"})
@@ -145,19 +145,6 @@ def router(archive: Archive) -> APIRouter:
     r = APIRouter(prefix="/api/v1/orders", tags=["orders"])
     settings = archive.settings
 
-    def record(
-        session: Session, who: Caller, action: str, pairs: list[tuple[str, str]], detail: str
-    ) -> None:
-        audit.record(
-            session,
-            actor=who.user,
-            role=who.role,
-            source=who.address,
-            action=action,
-            patients=pairs,
-            detail=detail,
-        )
-
     @r.post("", response_model=Placed, status_code=200)
     def place(body: OrderIn, who: Annotated[Caller, Depends(placer)]) -> dict[str, Any]:
         req = _request(body, settings.allow_synthetic_ids)
@@ -169,12 +156,12 @@ def router(archive: Archive) -> APIRouter:
             except (worklist.WorklistError, registry.RegistryError) as e:
                 raise HTTPException(409, str(e)) from None
             patient = order.patient
-            record(
+            record_change(
                 session,
                 who,
                 "order",
-                [(patient.patient_id, order.study_uid)],
                 f"REST {order.accession_number} {outcome}",
+                [(patient.patient_id, order.study_uid)],
             )
             return {**worklist.as_dict(order, patient), "outcome": outcome}
 
@@ -189,12 +176,12 @@ def router(archive: Archive) -> APIRouter:
             rows = worklist.listing(
                 session, status=status.value if status else "", station=station, date=date
             )
-            record(
+            record_change(
                 session,
                 who,
                 "order.list",
-                [(p.patient_id, o.study_uid) for o, p in rows],
                 f"{len(rows)} orders",
+                [(p.patient_id, o.study_uid) for o, p in rows],
             )
             return [worklist.as_dict(o, p) for o, p in rows]
 
@@ -213,12 +200,12 @@ def router(archive: Archive) -> APIRouter:
                 )
             except worklist.WorklistError as e:
                 raise HTTPException(409, str(e)) from None
-            record(
+            record_change(
                 session,
                 who,
                 "order.cancel",
-                [(order.patient.patient_id, order.study_uid)],
                 f"REST {accession} cancelled",
+                [(order.patient.patient_id, order.study_uid)],
             )
             return worklist.as_dict(order, order.patient)
 
