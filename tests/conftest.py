@@ -263,6 +263,15 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 _pg_db_counter = iter(range(1, 10_000))
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The index, query, job, retention, PAS and core DICOM tests run on both databases; feature
+    tests marked `sqlite_only` sit above the same index code and run once, to keep CI short."""
+    once = [i for i in items if i.get_closest_marker("sqlite_only") and "[postgresql" in i.nodeid]
+    if once:
+        config.hook.pytest_deselected(items=once)
+        items[:] = [i for i in items if i not in once]
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":

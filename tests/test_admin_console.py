@@ -31,6 +31,8 @@ from tests.test_browser import browser  # noqa: F401  (the headless Chromium fix
 from tests.test_dimse import storescp, wait_instances
 from viewer.auth import issue_token, signing_key
 
+pytestmark = pytest.mark.sqlite_only  # the index under it is tested on both
+
 BAD_NATIONAL_ID = "12345678901"  # 11 digits, wrong check digits: quarantined on arrival
 PEERS = [
     {"ae": "STORESCU"},

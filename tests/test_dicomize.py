@@ -26,6 +26,8 @@ from tests.dcmtk import findscu
 from tests.test_dimse import wait_instances
 from tests.test_pas import KARI, pas  # noqa: F401  (fixture)
 
+pytestmark = pytest.mark.sqlite_only  # the index under it is tested on both
+
 PATIENT = PatientModule("12345678901", "", "Nordmann^Kari", "19800101", "F")
 PIXELS = (np.random.default_rng(5).random((90, 120, 3)) * 255).astype("uint8")
 

@@ -25,6 +25,8 @@ from tests.test_dicomize_media import ecg_export, mp4, respiratory_modules_valid
 from tests.test_dimse import counts, storescp, wait_instances
 from tests.test_pas import KARI, pas  # noqa: F401  (fixture)
 
+pytestmark = pytest.mark.sqlite_only  # the index under it is tested on both
+
 JPEG = encoded("JPEG", quality=90)
 FILES = {
     "photo.jpg": JPEG,

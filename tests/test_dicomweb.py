@@ -28,6 +28,8 @@ from tests.orthanc import Orthanc
 from tests.test_dimse import by_syntax, same_object, wait_instances
 from viewer.render import View, render
 
+pytestmark = pytest.mark.sqlite_only  # the index under it is tested on both
+
 ALL = sorted(SAMPLES.rglob("*.dcm"))
 KARI_CT = sorted((SAMPLES / "kari-ct").glob("*.dcm"))
 ANY_SYNTAX = 'multipart/related; type="application/dicom"; transfer-syntax=*'

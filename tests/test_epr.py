@@ -25,6 +25,8 @@ from tests.dciodvfy import errors as dciodvfy_errors
 from tests.dcmtk import findscu, storescu
 from tests.test_dimse import wait_instances
 
+pytestmark = pytest.mark.sqlite_only  # the index under it is tested on both
+
 PATIENT = "BCT300"
 
 

@@ -35,6 +35,8 @@ from tests.conftest import PACSBROKER, SAMPLES, Broker
 from tests.orthanc import Orthanc
 from tests.test_prefetch import api
 
+pytestmark = pytest.mark.sqlite_only  # the index under it is tested on both
+
 CAP = 2
 BAD_ID = "12345678901"  # 11 digits with wrong check digits: ingest quarantines its patient
 # (sample set, StudyDate, StudyTime): several studies per year and four on one day

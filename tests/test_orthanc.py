@@ -14,6 +14,8 @@ from tests.dcmtk import movescu
 from tests.orthanc import Orthanc
 from tests.test_dimse import counts, wait_instances
 
+pytestmark = pytest.mark.sqlite_only  # the index under it is tested on both
+
 
 @pytest.fixture
 def pair(broker_factory, tmp_path: Path) -> Iterator[tuple[Broker, Orthanc]]:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -16,6 +17,8 @@ from tests.conftest import SAMPLES, Broker, MinioServer, free_port
 from tests.dcmtk import movescu, storescu
 from tests.test_dimse import storescp, wait_instances
 from tests.test_worklist import hl7_send, order_message
+
+pytestmark = pytest.mark.sqlite_only  # the index under it is tested on both
 
 # the sample's uncompressed little-endian images, so plain storescu can send every copy
 KARI_CT = sorted((SAMPLES / "kari-ct").glob("ct-s[12]-*.dcm"))

@@ -29,6 +29,8 @@ from tests.test_deid import assert_clean, encapsulated_pdf, identity, walk
 from tests.test_dicomweb import send, token
 from tests.test_dimse import wait_instances
 
+pytestmark = pytest.mark.sqlite_only  # the index under it is tested on both
+
 ALL = sorted(SAMPLES.rglob("*.dcm"))
 KARI_CT, OLA_CR, OLA_US, AASE_MR = (
     str(dcmread(next((SAMPLES / d).glob("*.dcm"))).StudyInstanceUID)
