@@ -173,7 +173,10 @@ def bring_near(
     copied = present = 0
     keys = list(keys)
     with tiers.sessions() as session:
-        near = set(session.scalars(select(NearObject.key).where(NearObject.key.in_(keys))))
+        rows = session.scalars(select(NearObject.key).where(NearObject.key.in_(keys)))
+        # a fill reserves its row before it writes the object: a crash in between leaves a row
+        # whose object never arrived, which a resumed prefetch must copy again
+        near = {key for key in rows if _held(tiers, key)}
     # pinned before any copy, so the fills below cannot evict what the study already has near
     tiers.pin(sorted(near), pin_until)
     for i, key in enumerate(keys, start=1):
@@ -189,6 +192,13 @@ def bring_near(
                 copied += 1
         progress(i)
     return copied, present
+
+
+def _held(tiers: TieredStore, key: str) -> bool:
+    try:
+        return tiers.near.exists(key)
+    except ObjectStoreError:
+        return False
 
 
 PREFETCH = "prefetch"

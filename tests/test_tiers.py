@@ -100,6 +100,17 @@ def test_a_prefetch_never_evicts_what_its_study_already_has_near(
     assert {"p/se/a.dcm", "p/se/b.dcm"} <= held and "x/se/y.dcm" not in held
 
 
+def test_a_prefetch_resumed_after_a_crash_copies_what_only_has_its_row(
+    tiered: tiers.TieredStore,
+) -> None:
+    """A kill -9 between a fill's row and its object leaves the row alone; resuming copies it."""
+    tiered.put("c/se/o.dcm", b"c" * KB)
+    assert tiered.fill("c/se/o.dcm", b"c" * KB)
+    tiered.near.delete("c/se/o.dcm")
+    copied, present = bring_near(tiered, ["c/se/o.dcm"], tiers.utcnow() + dt.timedelta(hours=1))
+    assert (copied, present) == (1, 0) and tiered.near.get("c/se/o.dcm") == b"c" * KB
+
+
 def _fill_pinned(settings: Settings, key: str, start: Any, out: Any) -> None:
     """One broker process filling near (a receiver serving a C-MOVE, say)."""
     a = Archive(settings)
