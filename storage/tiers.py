@@ -125,6 +125,7 @@ class TieredStore:
         # every broker process takes, so parallel fills, in this process or in a receiver,
         # cannot each see the same free space and together overrun the budget. A reader that
         # finds the row before the object falls back to far.
+        # threads of one process queue on `_reserve` rather than on the database's lock
         with self._reserve, self.sessions() as session, session.begin():
             _lock_budget(session)
             victims = self._room_for(session, len(data))

@@ -36,7 +36,7 @@ from tests.test_dicomize import PATIENT, valid
 from tests.test_dicomweb import client
 from tests.test_dimse import storescp, wait_instances
 from tests.test_pas import KARI, pas  # noqa: F401  (fixture)
-from viewer.epr import _frames
+from viewer.images import frames_shown
 from viewer.render import RenderError, View, render
 
 ROOT = "1.2.826.0.1.3680043.10.1432.77."
@@ -385,7 +385,7 @@ def test_pressures_are_a_hemodynamic_waveform(tmp_path: Path) -> None:
 
 def test_the_study_viewer_lists_a_waveform_as_one_picture() -> None:
     header = parse_header(part10(build([Upload("r.csv", ecg())], PATIENT, uid_root="")[0]))
-    assert _frames(Instance(attrs=header.attrs, attrs_ts=header.attrs_ts)) == 1
+    assert frames_shown(Instance(attrs=header.attrs, attrs_ts=header.attrs_ts)) == 1
 
 
 def line_changed(data: bytes, number: int, new: bytes | None) -> bytes:

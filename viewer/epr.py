@@ -35,9 +35,7 @@ from storage.models import (
 from storage.query import NOT_REJECTED
 from viewer import pages
 from viewer.auth import Caller, caller, requires
-from viewer.images import ImageService
-from viewer.images import frames_shown as _frames
-from viewer.images import order_number as _number
+from viewer.images import ImageService, frames_shown, order_number
 from viewer.render import RenderError, View, Window
 
 EPR_ROLES = frozenset({"epr", "clinician", "radiologist", "radiology-admin"})
@@ -442,8 +440,8 @@ class Epj:
                 insts = session.scalars(
                     select(Instance).where(Instance.series_fk == se.id, NOT_REJECTED)
                 ).all()
-                ordered = sorted(insts, key=lambda i: (_number(i.instance_number), i.id))
-                shown = [(i, n) for i in ordered if (n := _frames(i))]
+                ordered = sorted(insts, key=lambda i: (order_number(i.instance_number), i.id))
+                shown = [(i, n) for i in ordered if (n := frames_shown(i))]
                 if not shown:
                     continue  # the viewer shows images; KOS and SR feed the key-image page
                 series_out.append(
@@ -455,7 +453,7 @@ class Epj:
                         "instances": [{"sop_uid": i.sop_uid, "frames": n} for i, n in shown],
                     }
                 )
-            series_out.sort(key=lambda x: _number(str(x["number"])))
+            series_out.sort(key=lambda x: order_number(str(x["number"])))
             self._audit(who, "epr.study-viewer", patient, [study_uid], scope)
             return {
                 "study_uid": study_uid,
