@@ -224,17 +224,24 @@ class IngestWorker:
             self.archive.store.put(it.key, it.rec.payload)
 
     def _process(self, items: list[_Item]) -> None:
-        for it in items:
-            if not it.sha:
-                self._prepare(it)
         seen: set[str] = set()
         now_items: list[_Item] = []
         later: list[_Item] = []
+        puts = []
         for it in items:
+            if not it.sha:
+                self._prepare(it)
             uid = it.archived.header.sop_uid if it.archived else it.key
-            (later if uid in seen else now_items).append(it)
+            if uid in seen:
+                later.append(it)
+                continue
             seen.add(uid)
-        list(self.pool.map(self._put, now_items))
+            now_items.append(it)
+            # each put starts as soon as its object is parsed, so the object store works
+            # while the rest of the batch is hashed and parsed
+            puts.append(self.pool.submit(self._put, it))
+        for put in puts:
+            put.result()
         try:
             self._index(now_items)
         except OUTAGES:

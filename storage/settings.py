@@ -110,7 +110,9 @@ class Settings(BaseSettings):
         default=None,
         description="Accept unknown AE titles from loopback; default: only while PEERS is empty",
     )
-    receivers: int = Field(default=0, description="DICOM receiver processes; 0 = one per core")
+    receivers: int = Field(
+        default=0, description="DICOM receiver processes; 0 = one per core but one"
+    )
     ingest_batch: int = 64
     ingest_threads: int = 4
     max_pdu: int = 262144
@@ -236,4 +238,6 @@ class Settings(BaseSettings):
         return next((p for p in self.peers if p.ae == ae), None)
 
     def receiver_count(self) -> int:
-        return self.receivers or max(1, os.cpu_count() or 1)
+        # the main process (ingest, HTTP, HL7) keeps a core of its own: on 2 cores a second
+        # receiver added ~130 MB and no throughput, since ingest is what limits the rate
+        return self.receivers or max(1, (os.cpu_count() or 1) - 1)

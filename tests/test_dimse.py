@@ -329,7 +329,8 @@ def test_kill9_mid_transfer_loses_nothing(broker_factory, tmp_path: Path) -> Non
     large_ct(src, 100, 64, 2)
     files = sorted(src.rglob("*.dcm"))
     assert len(files) == 200
-    b = broker_factory({"PACSBROKER_PEERS": peers()}).start()
+    # two receiver processes, each with its own spool segments, as on a machine with 3+ cores
+    b = broker_factory({"PACSBROKER_PEERS": peers(), "PACSBROKER_RECEIVERS": "2"}).start()
     acked: list[str] = []
     lock = threading.Lock()
 

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.pas.pdqm import PasAmbiguous, PasClient, PasUnavailable
+from broker.pas import reconcile
 from broker.pas.reconcile import Reconciler, assignable
 from storage import catalog
 from storage.db import make_engine, migrate, session_factory
@@ -286,3 +287,20 @@ def test_assignable_registers_a_patient_only_pas_knows(sessions: sessionmaker[Se
     with sessions() as s:
         found = assignable(s, pas.client, Identifier("", KARI))  # the registry has it now
         assert found is not None and found.name == "Nordmann^Kari"
+
+
+def test_a_batch_of_one_patients_study_asks_the_registry_once(
+    sessions: sessionmaker[Session], monkeypatch
+) -> None:
+    rec = Reconciler(None, allow_synthetic=True)
+    ingest(rec, sessions, "1.2.3.1")
+    calls: list[Identifier] = []
+    real_find = reconcile.registry.find
+
+    def counting_find(session: Session, ident: Identifier) -> Any:
+        calls.append(ident)
+        return real_find(session, ident)
+
+    monkeypatch.setattr(reconcile.registry, "find", counting_find)
+    rec.decide(sessions, [header(PatientID=KARI, SOPInstanceUID=f"1.2.4.{i}") for i in range(20)])
+    assert len(calls) == 1

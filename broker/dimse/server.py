@@ -15,6 +15,7 @@ from typing import Any
 from pynetdicom import AE, _config, evt
 from pynetdicom.events import Event
 from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy.orm import configure_mappers
 
 from broker.commitment import report_on_association
 from broker.dimse.access import AccessPolicy, Action
@@ -109,6 +110,8 @@ def receiver_main(settings_json: str, index: int, notify: Any, ready: MpEvent) -
     settings = Settings.model_validate_json(settings_json)
     setup_logging(settings.log_level, f"receiver-{index}")
     archive = Archive(settings)
+    # SQLAlchemy configures its mappers on first use: ~40 ms that the first C-FIND would wait
+    configure_mappers()
     policy = AccessPolicy(settings)
 
     def on_sealed(path: str, count: int) -> None:

@@ -73,11 +73,14 @@ class Reconciler:
         self, sessions: sessionmaker[Session], headers: Iterable[Header]
     ) -> dict[Identifier, Decision]:
         decisions: dict[Identifier, Decision] = {}
+        # a batch is mostly one patient's study: ask the registry once per identifier
+        seen: set[Identifier] = set()
         with sessions() as session:
             for h in headers:
                 ident, problem = header_identifier(h, allow_synthetic=self.allow_synthetic)
-                if ident in decisions:
+                if ident in seen:
                     continue
+                seen.add(ident)
                 known = None if problem else registry.find(session, ident)
                 if problem:
                     decisions[ident] = Decision(PatientStatus.QUARANTINED, reason=problem)
