@@ -101,10 +101,21 @@ def test_kos_key_images_reach_the_epr_and_rejections_hide(
         assert epj.get("/patients/NOBODY/studies").status_code == 404
 
     rejected = ct[5]
+    head = dcmread(rejected, stop_before_pixels=True)
+    bearer = {
+        "Authorization": f"Bearer {b.cli('token', '--user', 'dr', '--role', 'clinician').stdout.strip()}"
+    }
+    rendered = (
+        f"http://127.0.0.1:{b.http_port}/dicomweb/studies/{study}/series/"
+        f"{head.SeriesInstanceUID}/instances/{head.SOPInstanceUID}/rendered"
+    )
+    assert httpx.get(rendered, headers=bearer).status_code == 200  # now in the render cache
     withdrawal = kos([rejected], codes.DCM.RejectedForQualityReasons, tmp_path / "rej.dcm")
     assert storescu(b.dicom_port, [withdrawal]).returncode == 0
     wait_instances(b, len(ct) + 2)
     sop = str(dcmread(rejected).SOPInstanceUID)
+    # the next read after the rejection no longer finds it, cached image or not
+    assert httpx.get(rendered, headers=bearer).status_code == 404
     answer = findscu(
         b.dicom_port,
         {"QueryRetrieveLevel": "IMAGE", "StudyInstanceUID": study, "SOPInstanceUID": sop},

@@ -18,7 +18,8 @@ from viewer.auth import Caller, caller
 ADMIN_ROLE = "radiology-admin"
 
 
-def admin(who: Annotated[Caller, Depends(caller)]) -> Caller:
+async def admin(who: Annotated[Caller, Depends(caller)]) -> Caller:
+    # async: a sync dependency would cost a worker-thread hand-off per request
     if who.role != ADMIN_ROLE:
         raise HTTPException(403, f"role {ADMIN_ROLE!r} required, token has {who.role!r}")
     return who

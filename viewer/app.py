@@ -98,10 +98,12 @@ def create_app(
             counts = archive_counts(session)
         return {"archive": counts, **runtime_status()}
 
-    app.include_router(admin_router(archive))
-    app.include_router(archive_admin_router(archive))
+    # Routes are matched one by one in the order they were added, so the viewers' hot paths
+    # (DICOMweb) come first; no other router's paths start with /dicomweb.
     images = ImageService(archive)
     app.include_router(dicomweb_router(archive, images, trail, intake))
+    app.include_router(admin_router(archive))
+    app.include_router(archive_admin_router(archive))
     app.include_router(epr_router(archive, images, trail, intake))
     app.include_router(iid_router(archive, trail))
     app.include_router(orders_router(archive))

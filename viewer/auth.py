@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -64,9 +64,8 @@ CONSOLE_HEADER = "X-Pacs-Console"
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-def caller(
-    request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> Caller:
+def authenticate(request: Request, creds: HTTPAuthorizationCredentials | None) -> Caller:
+    """The caller a request's bearer token (else the console's session cookie) names."""
     if creds is not None:
         return verify(request, creds.credentials)
     cookie = request.cookies.get(SESSION_COOKIE)
@@ -79,12 +78,70 @@ def caller(
     return verify(request, cookie)
 
 
+async def caller(
+    request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> Caller:
+    """The authentication dependency. Async on purpose: FastAPI runs a sync dependency in a
+    worker thread, and that hand-off cost more than the check itself on every request."""
+    return authenticate(request, creds)
+
+
+@dataclass(frozen=True)
+class _Verified:
+    key: bytes  # the signing key that verified the token
+    user: str
+    role: str
+    exp: float
+
+
+class TokenCache:
+    """Tokens whose signature and claims were verified, by their exact string, until `exp`.
+
+    A hit skips only the HMAC and claim parsing, which gave the same answer for the same
+    string: the expiry is checked again on every use, a token signed with another key never
+    hits, and a string not seen verified (a forged or altered token) is always verified in
+    full. There is no revocation list to consult: a JWT is valid until it expires.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._tokens: dict[str, _Verified] = {}
+
+    def get(self, token: str, key: bytes, now: float) -> _Verified | None:
+        hit = self._tokens.get(token)
+        if hit is None or hit.key != key:
+            return None
+        if now >= hit.exp:  # PyJWT's rule with no leeway: expired once exp <= now
+            self._tokens.pop(token, None)
+            return None
+        return hit
+
+    def put(self, token: str, verified: _Verified) -> None:
+        if len(self._tokens) >= self.size:
+            # oldest first: dicts keep insertion order; concurrent threads may race to pop
+            self._tokens.pop(next(iter(self._tokens), token), None)
+        self._tokens[token] = verified
+
+
+_verified = TokenCache()
+
+
 def verify(request: Request, token: str) -> Caller:
     """The caller a signed, unexpired token names; 401 otherwise."""
+    key: bytes = request.app.state.signing_key
+    client = request.client.host if request.client else ""
+    hit = _verified.get(token, key, time.time())
+    if hit is None:
+        hit = _decode(token, key)
+        _verified.put(token, hit)
+    return Caller(hit.user, hit.role, client)
+
+
+def _decode(token: str, key: bytes) -> _Verified:
     try:
         claims = jwt.decode(
             token,
-            request.app.state.signing_key,
+            key,
             algorithms=ALGORITHMS,
             audience=AUDIENCE,
             issuer=ISSUER,
@@ -96,8 +153,7 @@ def verify(request: Request, token: str) -> Caller:
         raise HTTPException(
             401, f"invalid token: {e}", headers={"WWW-Authenticate": "Bearer"}
         ) from None
-    client = request.client.host if request.client else ""
-    return Caller(str(claims["sub"]), str(claims.get("role", "")), client)
+    return _Verified(key, str(claims["sub"]), str(claims.get("role", "")), float(claims["exp"]))
 
 
 # Who may do what over HTTP; research roles (issue 9) read only their project's archive.
@@ -105,14 +161,20 @@ CLINICAL_READERS = frozenset({"clinician", "radiologist", "radiology-admin", "ep
 UPLOADERS = frozenset({"radiologist", "radiology-admin", "epr", "modality", "integration"})
 
 
-def requires(roles: frozenset[str], what: str) -> Callable[[Caller], Caller]:
-    """A dependency that lets through only tokens whose role is in `roles`."""
+def permit(who: Caller, roles: frozenset[str], what: str) -> Caller:
+    """`who`, if its role is one of `roles`; 403 otherwise."""
+    if who.role not in roles:
+        raise HTTPException(
+            403, f"{what} needs one of the roles {sorted(roles)}; the token has {who.role!r}"
+        )
+    return who
 
-    def check(who: Annotated[Caller, Depends(caller)]) -> Caller:
-        if who.role not in roles:
-            raise HTTPException(
-                403, f"{what} needs one of the roles {sorted(roles)}; the token has {who.role!r}"
-            )
-        return who
+
+def requires(roles: frozenset[str], what: str) -> Callable[[Caller], Awaitable[Caller]]:
+    """A dependency that lets through only tokens whose role is in `roles` (async, as
+    `caller` is: no worker thread for a set lookup)."""
+
+    async def check(who: Annotated[Caller, Depends(caller)]) -> Caller:
+        return permit(who, roles, what)
 
     return check

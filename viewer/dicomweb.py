@@ -6,10 +6,12 @@ C-MOVE, so every way out shows the same objects with the same (current PAS) demo
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Annotated, Any
@@ -64,9 +66,17 @@ from storage.query import (
 )
 from viewer.auth import CLINICAL_READERS, UPLOADERS, Caller, requires
 from viewer.images import ImageService
+from viewer.lookup import visible_instance
+from viewer.readahead import read_ahead
 from viewer.render import MEDIA, RenderError, View, Window
 
 DICOM_JSON = "application/dicom+json"
+# A retrieve reads up to this many objects, and this many bytes, ahead of the one it sends.
+READ_AHEAD = 4
+READ_AHEAD_BYTES = 64 << 20
+# The threads of those reads, shared by every retrieve (and research view): a few retrieves at
+# a time keep each other's reads going without one thread per object.
+_READERS = ThreadPoolExecutor(2 * READ_AHEAD, thread_name_prefix="wado-read")
 Uploader = Annotated[Caller, Depends(requires(UPLOADERS, "storing objects"))]
 _CONTROL = {"limit", "offset", "includefield", "fuzzymatching"}
 _DEFAULT_KEYS = {
@@ -362,6 +372,20 @@ def _multipart(parts: Iterator[tuple[str, bytes]], boundary: str) -> Iterator[by
     yield f"--{boundary}--\r\n".encode()
 
 
+async def _multipart_async(
+    parts: AsyncIterator[tuple[str, bytes] | None], boundary: str
+) -> AsyncIterator[bytes]:
+    """_multipart for parts read ahead (None: a part that could not be read, left out). An
+    async iterator, because Starlette runs each step of a sync one in a worker thread."""
+    async for part in parts:
+        if part is not None:
+            content_type, body = part
+            yield f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode()
+            yield body
+            yield b"\r\n"
+    yield f"--{boundary}--\r\n".encode()
+
+
 def _pixel_vr(transfer_syntax: str, header: Dataset) -> str:
     if UID(transfer_syntax).is_compressed:
         return "OB"
@@ -556,22 +580,18 @@ class DicomWeb:
 
     def _one(self, who: Caller, action: str, study: str, series: str, sop: str) -> Instance:
         """One visible instance by its three UIDs, in a single query; audited."""
-        with self.archive.sessions() as session:
-            found = outbound.visible_instances(session, study, [sop], series)
-        if self.issuer is not None:
-            found = [(inst, p) for inst, p in found if p.issuer == self.issuer]
-        if not found:
+        found = visible_instance(self.archive.engine, study, series, sop)
+        if found is None or (self.issuer is not None and found.issuer != self.issuer):
             raise HTTPException(404, "no such instance in the archive")
-        ((inst, patient),) = found
         self.trail.record(
             actor=who.user,
             role=who.role,
             source=who.address,
             action=action,
             detail=f"instance {sop}",
-            patients=[(patient.patient_id, study)],
+            patients=[(found.patient_id, study)],
         )
-        return inst
+        return found.instance
 
     def retrieve(
         self,
@@ -592,15 +612,20 @@ class DicomWeb:
             raise HTTPException(406, f"no instance can be sent in {', '.join(wanted)}")
         store = self.archive.store
 
-        def parts() -> Iterator[tuple[str, bytes]]:
-            for inst, ts in plan:
-                try:
-                    body = outbound.part10(store, inst, patients[inst.id], ts)
-                except (ObjectNotFound, ObjectStoreError, outbound.NotServable):
-                    continue  # logged by the store or the decoder; the client sees it missing
-                yield f"application/dicom; transfer-syntax={ts}", body
+        def read(inst: Instance, ts: str) -> tuple[str, bytes] | None:
+            try:
+                body = outbound.part10(store, inst, patients[inst.id], ts)
+            except (ObjectNotFound, ObjectStoreError, outbound.NotServable):
+                return None  # logged by the store or the decoder; the client sees it missing
+            return f"application/dicom; transfer-syntax={ts}", body
 
-        return _multipart_response(parts(), "application/dicom")
+        jobs = [(inst.size, functools.partial(read, inst, ts)) for inst, ts in plan]
+        parts = read_ahead(jobs, _READERS, READ_AHEAD, READ_AHEAD_BYTES)
+        boundary = uuid.uuid4().hex
+        return StreamingResponse(
+            _multipart_async(parts, boundary),
+            media_type=f'multipart/related; type="application/dicom"; boundary={boundary}',
+        )
 
     def metadata(
         self,
@@ -912,12 +937,26 @@ async def _read_parts(request: Request, boundary: str, limit: int) -> list[tuple
 
 
 def read_routes(
-    r: APIRouter, web_of: Callable[..., DicomWeb], reader: Callable[..., Caller]
+    r: APIRouter,
+    web_of: Callable[..., DicomWeb | Awaitable[DicomWeb]],
+    reader: Callable[..., Caller | Awaitable[Caller]],
 ) -> None:
     """The read-only routes (QIDO-RS, WADO-RS, WADO-URI, rendered images) on `r`, served by
     the DicomWeb `web_of` gives to the callers `reader` lets through: the clinical archive,
     or one research project's view of the research archive."""
     who_dep, web_dep = Depends(reader), Depends(web_of)
+
+    # first: routes are matched in order, and this is the one a viewer asks for per image
+    @r.get("/studies/{study}/series/{series}/instances/{sop}/rendered")
+    async def rendered(
+        request: Request,
+        study: str,
+        series: str,
+        sop: str,
+        who: Caller = who_dep,
+        web: DicomWeb = web_dep,
+    ) -> Response:
+        return await web.rendered_async(request, who, (study, series, sop))
 
     @r.get("/studies")
     def search_studies(
@@ -1031,17 +1070,6 @@ def read_routes(
         """WADO-URI: ?requestType=WADO&studyUID=&seriesUID=&objectUID=[&contentType=]"""
         return web.wado_uri(request, who)
 
-    @r.get("/studies/{study}/series/{series}/instances/{sop}/rendered")
-    async def rendered(
-        request: Request,
-        study: str,
-        series: str,
-        sop: str,
-        who: Caller = who_dep,
-        web: DicomWeb = web_dep,
-    ) -> Response:
-        return await web.rendered_async(request, who, (study, series, sop))
-
     @r.get("/studies/{study}/series/{series}/instances/{sop}/frames/{frame}/rendered")
     def frame_rendered(
         request: Request,
@@ -1071,7 +1099,11 @@ def router(
 ) -> APIRouter:
     web = DicomWeb(archive, images, trail, intake, archive.settings.stow_max_mb << 20)
     r = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
-    read_routes(r, lambda: web, requires(CLINICAL_READERS, "reading patient data"))
+
+    async def clinical() -> DicomWeb:  # async: a sync dependency costs a worker-thread hop
+        return web
+
+    read_routes(r, clinical, requires(CLINICAL_READERS, "reading patient data"))
 
     @r.post("/studies")
     async def store(request: Request, who: Uploader) -> Response:

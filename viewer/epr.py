@@ -34,7 +34,7 @@ from storage.models import (
 )
 from storage.query import NOT_REJECTED
 from viewer import pages
-from viewer.auth import Caller, caller, requires
+from viewer.auth import Caller, authenticate, permit, requires
 from viewer.images import ImageService, frames_shown, order_number
 from viewer.render import RenderError, View, Window
 
@@ -610,7 +610,6 @@ def iid_router(archive: Archive, trail: AuditTrail) -> APIRouter:
     """IHE Invoke Image Display at the path the profile names, behind the same authentication;
     it is a browser launch, so its errors are pages, not JSON."""
     epj = Epj(archive, trail, None)
-    allowed = requires(EPR_ROLES, "the EPR API")
     r = APIRouter(tags=["epr"])
 
     @r.get("/IHEInvokeImageDisplay")
@@ -620,7 +619,8 @@ def iid_router(archive: Archive, trail: AuditTrail) -> APIRouter:
         """requestType=STUDY&studyUID=… or &accessionNumber=… (full study; keyImagesOnly=true
         for key images) or requestType=PATIENT&patientID=ID^^^&OID&ISO (key findings)."""
         try:
-            return epj.invoke(request, allowed(caller(request, creds)))
+            who = permit(authenticate(request, creds), EPR_ROLES, "the EPR API")
+            return epj.invoke(request, who)
         except HTTPException as e:
             return pages.request_error_page(request, e)
 

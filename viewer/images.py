@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 from fastapi import HTTPException, Response
-from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
 from storage import outbound
@@ -14,11 +17,17 @@ from storage.objects import ObjectNotFound, ObjectStoreError
 from storage.query import NOT_REJECTED
 from viewer.render import MEDIA, FrameOutOfRange, RenderCache, RenderError, View, render
 
+# Renders are CPU work that holds the GIL most of the time: more threads than cores only
+# share the cores among more images, so every image of a burst finishes late. A few threads
+# (one over the cores, to cover the object-store read) serve a burst first come, first done.
+RENDER_THREADS = (os.cpu_count() or 1) + 1
+
 
 class ImageService:
     def __init__(self, archive: Archive, cache_bytes: int = 64 << 20) -> None:
         self.archive = archive
         self.cache = RenderCache(cache_bytes)
+        self._renders = ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix="render")
 
     def image(self, inst: Instance, view: View) -> bytes:
         """A rendered frame, from the cache when it was rendered before."""
@@ -71,10 +80,10 @@ class ImageService:
         return _response(self.image(inst, view), view)
 
     async def response_async(self, inst: Instance, view: View) -> Response:
-        """Cache hits answer on the event loop; renders run in a worker thread."""
+        """Cache hits answer on the event loop; renders run in the render threads."""
         data = self.cache.get((inst.sop_uid, view))
         if data is None:
-            data = await run_in_threadpool(self.image, inst, view)
+            data = await asyncio.wrap_future(self._renders.submit(self.image, inst, view))
         return _response(data, view)
 
 
