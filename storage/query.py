@@ -11,12 +11,16 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from io import BytesIO
 from typing import Any
 
+from pydicom.charset import convert_encodings, default_encoding
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence as DicomSequence
+from pydicom.filereader import read_dataset
+from pydicom.tag import BaseTag
+from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
 from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
@@ -293,20 +297,38 @@ class Hit:
     study: Study | None = None
     series: Series | None = None
     instance: Instance | None = None
-    _attrs: dict[Level, Dataset] = field(default_factory=dict)
+    # per level: the last tag read (None: all of them) and the attributes read
+    _attrs: dict[Level, tuple[int | None, Dataset]] = field(default_factory=dict)
 
-    def attrs(self, level: Level) -> Dataset | None:
-        if level not in self._attrs:
-            row = {
-                Level.STUDY: self.study,
-                Level.SERIES: self.series,
-                Level.IMAGE: self.instance,
-            }.get(level)
-            if row is None:
-                return None
-            ts = row.attrs_ts
-            self._attrs[level] = decode_attrs(row.attrs, ts)
-        return self._attrs[level]
+    def attrs(self, level: Level, upto: int | None = None) -> Dataset | None:
+        """The stored attributes of a level. With `upto`, only those up to that tag are sure
+        to be there: an answer needs a few early tags, and reading the rest of a header was
+        most of the cost of building it."""
+        cached = self._attrs.get(level)
+        if cached is not None and _covers(cached[0], upto):
+            return cached[1]
+        row = {
+            Level.STUDY: self.study,
+            Level.SERIES: self.series,
+            Level.IMAGE: self.instance,
+        }.get(level)
+        if row is None:
+            return None
+        ds = decode_attrs(row.attrs, row.attrs_ts) if upto is None else _attrs_upto(row, upto)
+        self._attrs[level] = (upto, ds)
+        return ds
+
+
+def _covers(read: int | None, wanted: int | None) -> bool:
+    return read is None or (wanted is not None and read >= wanted)
+
+
+def _attrs_upto(row: Study | Series | Instance, upto: int) -> Dataset:
+    """The stored attributes up to tag `upto`, read as decode_attrs reads all of them."""
+    implicit, little = row.attrs_ts == ImplicitVRLittleEndian, row.attrs_ts != ExplicitVRBigEndian
+    return read_dataset(
+        BytesIO(row.attrs), implicit, little, stop_when=lambda tag, _vr, _len: tag > upto
+    )
 
 
 # Instances withdrawn by an IOCM rejection note are invisible to clinical reads, and so are
@@ -515,68 +537,154 @@ def _patient_value(p: Patient, tag: int) -> str | None:
     }.get(tag)
 
 
+# Value representations whose values are text: an answer can carry them as encoded bytes.
+TEXT_VRS = frozenset(
+    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI"}
+    | {"UR", "UT"}
+)
+ESC = b"\x1b"
+
+# (implicit VR, little endian): how answers will be encoded
+Syntax = tuple[bool, bool]
+# One answer value: text still to encode, bytes already encoded (ASCII, as stored) or an
+# element that pydicom has to encode (binary values, sequences, ambiguous VRs).
+Payload = str | bytes | DataElement
+
+
 def responses(
-    session: Session, level: Level, hits: list[Hit], identifier: Dataset, *, retrieve_ae: str
+    session: Session,
+    level: Level,
+    hits: list[Hit],
+    identifier: Dataset,
+    *,
+    retrieve_ae: str,
+    syntax: Syntax | None = None,
 ) -> Iterator[Dataset]:
-    """Answer datasets with exactly the requested keys (plus level and character set)."""
+    """Answer datasets with exactly the requested keys (plus level and character set).
+
+    With `syntax`, the transfer syntax the answers will be sent in, they are marked as encoded
+    in it already, so that pydicom copies their text values instead of decoding and encoding
+    each one again."""
     keys = keys_of(identifier)
     wanted = {k.tag for k in keys}
     need_counts = bool(wanted & COMPUTED)
     counts = _counts(session, level, [_row_id(h, level) for h in hits]) if need_counts else {}
-    charset_requested = CHARSET in identifier
+    requested_charset = _charset_text(identifier) if CHARSET in identifier else None
+    upto = max(wanted, default=0)
     for hit in hits:
-        ds = Dataset()
-        ds.QueryRetrieveLevel = level.value
         row_counts = counts.get(_row_id(hit, level), {}) if need_counts else {}
-        for key in keys:
-            ds.add(_answer(hit, level, key, row_counts, retrieve_ae))
-        non_ascii = any(isinstance(e.value, str) and not e.value.isascii() for e in ds)
-        if non_ascii or any(e.VR == "PN" and not str(e.value or "").isascii() for e in ds):
-            ds.SpecificCharacterSet = "ISO_IR 192"
-        elif charset_requested:
-            ds.SpecificCharacterSet = identifier.SpecificCharacterSet or ""
-        yield ds
+        values = [
+            (key.tag, *_answer(hit, level, key, row_counts, retrieve_ae, upto)) for key in keys
+        ]
+        yield _identifier(level, values, requested_charset, syntax)
 
 
-def _empty(key: Key) -> DataElement:
-    if key.vr == "SQ":
-        return DataElement(key.tag, "SQ", DicomSequence())
-    return DataElement(key.tag, key.vr, None)
+def _charset_text(identifier: Dataset) -> str:
+    value = identifier.SpecificCharacterSet or ""
+    return value if isinstance(value, str) else "\\".join(value)
+
+
+def _identifier(
+    level: Level,
+    values: list[tuple[int, str, Payload]],
+    requested_charset: str | None,
+    syntax: Syntax | None,
+) -> Dataset:
+    """Text values go in as raw elements already encoded: pydicom then copies their bytes
+    instead of validating and encoding each value again (most of an answer's cost)."""
+    non_ascii = any(_is_non_ascii(payload) for _, _, payload in values)
+    encoding = "utf-8" if non_ascii else "ascii"
+    ds = Dataset()
+    ds[QR_LEVEL] = _raw(QR_LEVEL, "CS", level.value.encode())
+    for tag, vr, payload in values:
+        if isinstance(payload, DataElement):
+            ds[tag] = payload
+        else:
+            data = payload.encode(encoding) if isinstance(payload, str) else payload
+            ds[tag] = _raw(tag, vr, data)
+    charset = "ISO_IR 192" if non_ascii else requested_charset
+    if charset is not None:
+        ds[CHARSET] = _raw(CHARSET, "CS", charset.encode("ascii", "replace"))
+    # pydicom decodes every raw element again when a dataset's recorded encoding differs from
+    # the output's, or to resolve an ambiguous VR. Our raw values are text: the same bytes in
+    # any transfer syntax.
+    if syntax is not None and all(len(vr) == 2 for _, vr, _ in values):
+        encodings = convert_encodings(charset.split("\\")) if charset else default_encoding
+        ds.set_original_encoding(*syntax, encodings)
+    return ds
+
+
+def _is_non_ascii(payload: Payload) -> bool:
+    if isinstance(payload, str):
+        return not payload.isascii()
+    if isinstance(payload, DataElement):
+        if payload.VR not in TEXT_VRS or payload.value is None:
+            return False
+        values = payload.value if payload.VM > 1 else [payload.value]  # multi-valued too
+        return any(not str(v).isascii() for v in values)
+    return False  # bytes are passed through only when they are ASCII
+
+
+def _raw(tag: int, vr: str, data: bytes) -> RawDataElement:
+    if len(data) % 2:
+        data += b"\0" if vr == "UI" else b" "
+    return RawDataElement(BaseTag(tag), vr, len(data), data, 0, False, True)
+
+
+def _empty(key: Key) -> tuple[str, Payload]:
+    if len(key.vr) != 2:  # an ambiguous VR such as 'US or SS': pydicom resolves or refuses it
+        return key.vr, DataElement(key.tag, key.vr, None)
+    return key.vr, b""
 
 
 def _answer(
-    hit: Hit, level: Level, key: Key, counts: dict[str, Any], retrieve_ae: str
-) -> DataElement:
+    hit: Hit, level: Level, key: Key, counts: dict[str, Any], retrieve_ae: str, upto: int
+) -> tuple[str, Payload]:
+    """The VR and value of one requested key for one matched row."""
     tag = key.tag
     depth = _DEPTH[level]
     if tag == RETRIEVE_AE:
-        return DataElement(tag, "AE", retrieve_ae)
+        return "AE", retrieve_ae
     if tag == AVAILABILITY:
-        return DataElement(tag, "CS", "ONLINE")
+        return "CS", "ONLINE"
     table = {
         Level.PATIENT: PATIENT_COUNTS,
         Level.STUDY: STUDY_COUNTS,
         Level.SERIES: SERIES_COUNTS,
     }.get(level, {})
     if tag in table:
-        return DataElement(tag, "IS", str(counts.get(table[tag], 0)))
+        return "IS", str(counts.get(table[tag], 0))
     if tag == MODALITIES_IN_STUDY and depth >= 1:
-        return DataElement(tag, "CS", counts.get("modalities") or None)
+        return "CS", "\\".join(counts.get("modalities") or [])
     if tag == SOP_CLASSES_IN_STUDY and depth >= 1:
-        return DataElement(tag, "UI", counts.get("sop_classes") or None)
+        return "UI", "\\".join(counts.get("sop_classes") or [])
     if tag in COMPUTED:
         return _empty(key)
     value = _patient_value(hit.patient, tag)
-    if value is not None:
-        return DataElement(tag, key.vr if key.vr != "UN" else dictionary_VR(tag), value or None)
+    if value is not None:  # the index's patient, so registry (PAS) demographics win
+        return (key.vr if key.vr != "UN" else dictionary_VR(tag)), value
     src = tag_level(tag)
     if _DEPTH[src] > depth:
         return _empty(key)
-    ds = hit.attrs(max(src, Level.STUDY, key=_DEPTH.__getitem__))
-    if ds is not None and tag in ds:
+    ds = hit.attrs(max(src, Level.STUDY, key=_DEPTH.__getitem__), upto)
+    if ds is None or tag not in ds:
+        return _empty(key)
+    return _stored(ds, key)
+
+
+def _stored(ds: Dataset, key: Key) -> tuple[str, Payload]:
+    """A value from the stored attributes: ASCII text as stored, anything else decoded."""
+    raw = ds.get_item(key.tag)
+    if isinstance(raw, RawDataElement) and isinstance(raw.value, bytes):
         try:
-            elem = ds[tag]
-            return DataElement(tag, elem.VR, elem.value)
-        except Exception:
-            return _empty(key)
-    return _empty(key)
+            vr = raw.VR or dictionary_VR(key.tag)
+        except KeyError:
+            vr = ""
+        # ISO 2022 escapes are ASCII bytes too, yet mean another character set
+        if vr in TEXT_VRS and raw.value.isascii() and ESC not in raw.value:
+            return vr, raw.value
+    try:
+        elem = ds[key.tag]
+        return elem.VR, DataElement(key.tag, elem.VR, elem.value)
+    except Exception:
+        return _empty(key)

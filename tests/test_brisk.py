@@ -99,3 +99,17 @@ def test_socket_refuses_pdus_longer_than_their_type_allows() -> None:
             sock.recv(length)
     a.close()
     b.close()
+
+
+def test_debug_dumps_are_not_bound_unless_pynetdicom_debug_is_on() -> None:
+    assoc = Association(AE(), "acceptor")
+
+    def bound() -> list[bool]:
+        return [
+            any(h == handler for h, _ in assoc.get_handlers(event))
+            for event, handler in brisk._DEBUG_DUMPS
+        ]
+
+    assert all(bound())
+    brisk._drop_debug_dumps(assoc)
+    assert not any(bound())

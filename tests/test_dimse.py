@@ -161,6 +161,18 @@ def test_store_find_move_get_roundtrip(broker_factory, tmp_path: Path) -> None:
         },
     )
     assert len(images) == 2
+    # every C-FIND is in the audit log: who asked, from where, and whose data matched
+    deadline = time.time() + 10
+    while True:
+        r = b.cli("audit", "--action", "dicom.find", "--user", "FINDSCU", "--json")
+        finds = json.loads(r.stdout)["events"] if r.returncode == 0 else []
+        image_find = [e for e in finds if e["detail"] == "IMAGE 2 matches"]
+        if image_find or time.time() > deadline:
+            break
+        time.sleep(0.2)
+    assert image_find, r.stdout + r.stderr
+    assert image_find[0]["study_uid"] == ct.StudyInstanceUID
+    assert image_find[0]["source"] == "127.0.0.1" and image_find[0]["role"] == "dicom-peer"
 
     sent = {
         str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): p

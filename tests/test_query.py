@@ -8,6 +8,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
+from pynetdicom.dsutils import decode, encode
 
 from storage.archive import Archive, object_key, sha256_of
 from storage.catalog import Archived, Outcome, file_instances
@@ -177,3 +178,42 @@ def test_rejected_instances_hide_their_series_and_studies(archive: Archive) -> N
     assert find(archive, Level.STUDY, ModalitiesInStudy="OT") == []
     (pt,) = find(archive, Level.PATIENT, PatientName="Nord*", NumberOfPatientRelatedInstances="")
     assert int(pt.NumberOfPatientRelatedInstances) == 12
+
+
+def test_answers_keep_stored_text_and_declare_utf8_when_not_ascii(archive: Archive) -> None:
+    # ISO 2022 escapes are ASCII bytes: copied as stored they would be read as ASCII text
+    add_copy(
+        archive,
+        SpecificCharacterSet=["ISO 2022 IR 6", "ISO 2022 IR 87"],
+        AccessionNumber="ISO2022",
+        StudyDescription="\u5c71\u7530",
+    )
+    add_copy(archive, AccessionNumber="MULTI", OtherPatientIDs=["P\u00c5", "P2"])
+    for syntax in (None, (False, True), (True, True)):
+        (jp,) = find_as(archive, syntax, AccessionNumber="ISO2022", StudyDescription="")
+        assert jp.SpecificCharacterSet == "ISO_IR 192"
+        assert jp.StudyDescription == "\u5c71\u7530"
+        (multi,) = find_as(archive, syntax, AccessionNumber="MULTI", OtherPatientIDs="")
+        assert multi.SpecificCharacterSet == "ISO_IR 192"
+        assert list(multi.OtherPatientIDs) == ["P\u00c5", "P2"]
+
+
+def test_answers_encode_alike_in_every_syntax_and_read_late_tags(archive: Archive) -> None:
+    add_copy(archive, AccessionNumber="LATE", OtherPatientIDs="OP1", StudyDescription="Late")
+    keys = dict(AccessionNumber="LATE", StudyDescription="", OtherPatientIDs="", SeriesNumber="")
+    (plain,) = find_as(archive, None, **keys)
+    assert plain.OtherPatientIDs == "OP1"  # past every other requested tag in the header
+    for implicit in (False, True):
+        (ds,) = find_as(archive, (implicit, True), **keys)
+        data = encode(ds, implicit, True)
+        assert data == encode(plain, implicit, True)
+        back = decode(BytesIO(data), implicit, True)
+        assert (back.AccessionNumber, back.StudyDescription) == ("LATE", "Late")
+        assert back.OtherPatientIDs == "OP1" and "SeriesNumber" in back
+
+
+def find_as(a: Archive, syntax: tuple[bool, bool] | None, **keys: object) -> list[Dataset]:
+    q = ident("STUDY", **keys)
+    with a.sessions() as s:
+        hits = match(s, Level.STUDY, q, pn_case_insensitive=False)
+        return list(responses(s, Level.STUDY, hits, q, retrieve_ae="PB", syntax=syntax))

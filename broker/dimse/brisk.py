@@ -18,12 +18,20 @@ bytes claiming a 4 GiB PDU must not make the receiver allocate 4 GiB.
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 import select
 import socket
 import weakref
 from typing import Any, cast
 
+from pynetdicom import evt
+from pynetdicom._handlers import (
+    standard_dimse_recv_handler,
+    standard_dimse_sent_handler,
+    standard_pdu_recv_handler,
+    standard_pdu_sent_handler,
+)
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.presentation import PresentationContext
@@ -158,6 +166,7 @@ class BriskRequestHandler(RequestHandler):
 
     def _create_association(self) -> Association:
         assoc = super()._create_association()
+        _drop_debug_dumps(assoc)
         # The DUL already holds the socket and the state machine's first transition, so both
         # are adopted in place rather than replaced.
         BriskDUL.adopt(assoc.dul)
@@ -167,6 +176,24 @@ class BriskRequestHandler(RequestHandler):
             assert isinstance(sock, BriskSocket)
             sock.limit_p_data(assoc.acceptor.maximum_length or 0)
         return assoc
+
+
+# pynetdicom's standard handlers describe every PDU and DIMSE message for its debug log, the
+# 127 proposed contexts of each A-ASSOCIATE-RQ included, whether or not debug is on.
+_DEBUG_DUMPS = (
+    (evt.EVT_PDU_RECV, standard_pdu_recv_handler),
+    (evt.EVT_PDU_SENT, standard_pdu_sent_handler),
+    (evt.EVT_DIMSE_RECV, standard_dimse_recv_handler),
+    (evt.EVT_DIMSE_SENT, standard_dimse_sent_handler),
+)
+
+
+def _drop_debug_dumps(assoc: Association) -> None:
+    """Unbind the debug dumps from an association unless pynetdicom's debug log is on."""
+    if logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
+        return
+    for event, handler in _DEBUG_DUMPS:
+        assoc.unbind(event, handler)
 
 
 class SharedContexts(list[PresentationContext]):

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from pynetdicom.events import Event
 
 from broker.dimse.access import AccessPolicy, Action
@@ -35,10 +36,17 @@ def query_level(identifier: Dataset, model: str) -> Level:
     return level
 
 
+def _syntax(event: Event) -> tuple[bool, bool]:
+    """(implicit VR, little endian) of the context the answers go out on."""
+    ts = UID(event.context.transfer_syntax)
+    return bool(ts.is_implicit_VR), bool(ts.is_little_endian)
+
+
 class FindHandler:
-    def __init__(self, policy: AccessPolicy, archive: Archive) -> None:
+    def __init__(self, policy: AccessPolicy, archive: Archive, trail: audit.AuditTrail) -> None:
         self.policy = policy
         self.archive = archive
+        self.trail = trail
 
     def __call__(self, event: Event) -> Iterator[tuple[Any, Dataset | None]]:
         assoc = event.assoc
@@ -62,14 +70,20 @@ class FindHandler:
                 )
                 hits = list(matcher.hits(session))
                 answers = list(
-                    responses(session, level, hits, identifier, retrieve_ae=settings.ae_title)
+                    responses(
+                        session,
+                        level,
+                        hits,
+                        identifier,
+                        retrieve_ae=settings.ae_title,
+                        syntax=_syntax(event),
+                    )
                 )
             except Exception as e:
                 log.exception("C-FIND from %s failed", calling)
                 yield status(UNABLE_TO_PROCESS, f"query failed: {e}"), None
                 return
-            audit.record(
-                session,
+            self.trail.record(
                 actor=calling,
                 role="dicom-peer",
                 source=address,
@@ -79,7 +93,6 @@ class FindHandler:
                     (h.patient.patient_id, h.study.study_uid if h.study else "") for h in hits
                 ],
             )
-            session.commit()
         log.info("C-FIND %s from %s: %d matches", level.value, calling, len(answers))
         for ds in answers:
             if event.is_cancelled:

@@ -29,6 +29,7 @@ from broker.dimse.store import NOT_AUTHORISED, StoreHandler
 from broker.dimse.worklist import WorklistHandler
 from broker.logs import setup_logging
 from storage.archive import Archive
+from storage.audit import AuditTrail
 from storage.settings import Settings
 from storage.spool import RecordRef, SpoolWriter
 
@@ -36,6 +37,9 @@ log = logging.getLogger("pacsbroker.dimse")
 
 # Any storage SOP class, including private ones, is archived as received.
 _config.UNRESTRICTED_STORAGE_SERVICE = True
+# pynetdicom formats every C-FIND response identifier for its debug log before asking whether
+# debug is on; its logger is at WARNING (broker/logs.py), so that was a fifth of each answer.
+_config.LOG_RESPONSE_IDENTIFIERS = False
 
 
 class ReusePortServer(ThreadedAssociationServer):
@@ -63,9 +67,9 @@ def _echo(policy: AccessPolicy) -> Any:
     return handle
 
 
-def _find(policy: AccessPolicy, archive: Archive) -> Any:
+def _find(policy: AccessPolicy, archive: Archive, trail: AuditTrail) -> Any:
     """One C-FIND event for every model: the worklist has its own handler."""
-    query, worklist = FindHandler(policy, archive), WorklistHandler(policy, archive)
+    query, worklist = FindHandler(policy, archive, trail), WorklistHandler(policy, archive)
 
     def handle(event: Event) -> Any:
         if event.context.abstract_syntax == MODALITY_WORKLIST_FIND:
@@ -112,6 +116,7 @@ def receiver_main(settings_json: str, index: int, notify: Any, ready: MpEvent) -
     archive = Archive(settings)
     # SQLAlchemy configures its mappers on first use: ~40 ms that the first C-FIND would wait
     configure_mappers()
+    trail = AuditTrail(archive.sessions)
     policy = AccessPolicy(settings)
 
     def on_sealed(path: str, count: int) -> None:
@@ -128,7 +133,7 @@ def receiver_main(settings_json: str, index: int, notify: Any, ready: MpEvent) -
     handlers: list[Any] = [
         (evt.EVT_C_ECHO, _echo(policy)),
         (evt.EVT_C_STORE, StoreHandler(policy, writer, on_record)),
-        (evt.EVT_C_FIND, _find(policy, archive)),
+        (evt.EVT_C_FIND, _find(policy, archive, trail)),
         (evt.EVT_C_MOVE, RetrieveHandler(policy, archive, move=True)),
         (evt.EVT_C_GET, RetrieveHandler(policy, archive, move=False)),
         (
@@ -167,4 +172,5 @@ def receiver_main(settings_json: str, index: int, notify: Any, ready: MpEvent) -
     finally:
         server.server_close()
         writer.close()
+        trail.close()
         archive.close()
