@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import BindParameter, Table, Update, bindparam, or_, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
 
 from storage import dicomheader, nationalid
 from storage.demographics import NATIONAL_SYSTEMS, OID_PREFIX, Demographics, Identifier
@@ -26,6 +30,33 @@ _OID = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
 _PN_UNSAFE = re.compile(r"[\^=\\\x00-\x1f]")
 # the end of the status reason of patients quarantined because PAS did not know them
 _UNKNOWN_TO_PAS = " is unknown to PAS"
+_PATIENTS = cast(Table, Patient.__table__)
+_IDENTIFIERS = cast(Table, PatientIdentifier.__table__)
+# what apply_pas sets on the patient PAS describes, but pas_updated_at
+_PAS_COLUMNS = ("name", "birth_date", "sex", "status", "status_reason")
+# built once: building and coercing a statement costs more than SQLite running it
+_HOLDERS = select(
+    _IDENTIFIERS.c.system,
+    _IDENTIFIERS.c.value,
+    _PATIENTS.c.id,
+    _PATIENTS.c.patient_id,
+    _PATIENTS.c.merged_into_fk,
+    *(_PATIENTS.c[c] for c in _PAS_COLUMNS),
+).join(_PATIENTS, _PATIENTS.c.id == _IDENTIFIERS.c.patient_fk)
+# most messages carry one identifier; an expanding IN is re-rendered at every execution
+_HELD_ONE = _HOLDERS.where(_IDENTIFIERS.c.value == bindparam("value"))
+_HELD_ANY = _HOLDERS.where(_IDENTIFIERS.c.value.in_(bindparam("values", expanding=True)))
+
+
+@functools.cache
+def _set_columns(columns: tuple[str, ...]) -> Update:
+    """UPDATE of one patient's `columns` (values `new_<column>`), one statement per set of
+    columns, built once. Only the changed columns are set, as the ORM does: SQLite rewrites
+    the index of every column an UPDATE sets, a page of WAL (and fsync) each."""
+    values: dict[str, BindParameter[Any]] = {
+        c: bindparam(f"new_{c}") for c in (*columns, "pas_updated_at")
+    }
+    return update(_PATIENTS).where(_PATIENTS.c.id == bindparam("patient")).values(values)
 
 
 class RegistryError(ValueError):
@@ -189,6 +220,55 @@ def apply_pas(session: Session, demo: Demographics, *, strict: bool = True) -> P
         patient.patient_id, patient.issuer = _shown_id(session, patient, ident)
     session.flush()
     return patient
+
+
+@dataclass(frozen=True)
+class Updated:
+    """The patient `update_held` changed: its row ID and the Patient ID the archive shows."""
+
+    id: int
+    patient_id: str
+
+
+def update_held(session: Session, demo: Demographics) -> Updated | None:
+    """`apply_pas` (strict) for the usual ADT update, in two Core statements and no ORM
+    objects: when every identifier is in the registry as given, all held by one unmerged
+    patient, and the shown Patient ID stays, `apply_pas` would only set the demographics
+    (and the status: verified).
+    None (nothing done) when it would do more; the caller then runs `apply_pas`."""
+    session.flush()  # the SELECT below bypasses autoflush
+    conn = session.connection()
+    values = list(dict.fromkeys(i.value for i in demo.identifiers))
+    if len(values) == 1:
+        rows = conn.execute(_HELD_ONE, {"value": values[0]}).all()
+    else:
+        rows = conn.execute(_HELD_ANY, {"values": values}).all()
+    held = {(r.system, r.value): r for r in rows}
+    if any((i.system, i.value) not in held for i in demo.identifiers):
+        return None  # apply_pas adds it, or takes a value without a system
+    holders = {held[(i.system, i.value)] for i in demo.identifiers}
+    owner = next(iter(holders))
+    if len({r.id for r in holders}) > 1 or owner.merged_into_fk is not None:
+        return None  # apply_pas refuses, or follows the merge
+    ident = primary(demo.identifiers)
+    if ident.national and owner.patient_id != ident.value:
+        return None  # apply_pas changes the shown ID
+    new = {
+        "name": demo.name,
+        "birth_date": demo.birth_date,
+        "sex": demo.sex,
+        "status": PatientStatus.VERIFIED,
+        "status_reason": "",
+    }
+    changed = tuple(c for c, v in new.items() if getattr(owner, c) != v)
+    params = {f"new_{c}": new[c] for c in changed}
+    conn.execute(
+        _set_columns(changed), {"patient": owner.id, "new_pas_updated_at": utcnow(), **params}
+    )
+    loaded = session.identity_map.get(identity_key(Patient, owner.id))
+    if loaded is not None:
+        session.expire(loaded)  # the UPDATE went past the ORM
+    return Updated(owner.id, owner.patient_id)
 
 
 def merge(

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Iterator
 from typing import Any
 
 import hl7
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
 from broker.pas.adt import AdtApplier
@@ -16,7 +17,14 @@ from broker.pas.hl7v2 import AdtMessage, Hl7Error, ack, parse_adt
 from storage import registry
 from storage.db import make_engine, migrate, session_factory
 from storage.demographics import NATIONAL_SYSTEMS, Demographics, Identifier
-from storage.models import Hl7Message, Job, Patient, PatientIdentifier, PrefetchRule
+from storage.models import (
+    Hl7Message,
+    Job,
+    Patient,
+    PatientIdentifier,
+    PatientStatus,
+    PrefetchRule,
+)
 from storage.nationalid import IdKind, check_digits, make
 from tools.pas_sim import adt_message
 
@@ -282,3 +290,103 @@ def _identifiers(applier: AdtApplier) -> list[tuple[str, str, str]]:
     with applier.sessions() as s:
         rows = s.scalars(select(PatientIdentifier).order_by(PatientIdentifier.id))
         return [(r.patient.name, r.system, r.value) for r in rows]
+
+
+# --- the A08 fast path (registry.update_held) and the message log ----------------------------
+
+
+def _statements(applier: AdtApplier) -> list[str]:
+    """The SQL the applier's engine runs from now on (appended as it goes)."""
+    seen: list[str] = []
+    engine = applier.sessions.kw["bind"]
+    event.listen(engine, "before_cursor_execute", lambda *a: seen.append(a[2]))
+    return seen
+
+
+def test_update_of_a_held_patient_verifies_it_and_sets_only_what_changed(
+    applier: AdtApplier,
+) -> None:
+    fnr = Identifier(NATIONAL_SYSTEMS[IdKind.FNR], FNR)
+    with applier.sessions() as s, s.begin():
+        registry.create(
+            s, Demographics((fnr,), "Old^Name", "19610412", "F"), PatientStatus.UNVERIFIED
+        )
+    assert msa(applier.handle(adt_message("A08", FNR, "Nordmann^Kari", "19610412", "F")))[1] == "AA"
+    with applier.sessions() as s:
+        p = registry.find(s, fnr)
+        assert p is not None
+        assert (p.name, p.status, p.status_reason) == ("Nordmann^Kari", "verified", "")
+        assert p.pas_updated_at is not None
+    sql = _statements(applier)
+    assert msa(applier.handle(adt_message("A08", FNR, "Nordmann^Kari", "19610412", "M")))[1] == "AA"
+    (set_clause,) = [q.split(" SET ")[1].split(" WHERE ")[0] for q in sql if q.startswith("UPDATE")]
+    # SQLite rewrites the index of every column an UPDATE sets, changed or not
+    assert "name" not in set_clause and "status" not in set_clause and "sex" in set_clause
+
+
+def test_update_held_leaves_no_stale_patient_in_the_session(applier: AdtApplier) -> None:
+    fnr = Identifier(NATIONAL_SYSTEMS[IdKind.FNR], FNR)
+    with applier.sessions() as s, s.begin():
+        loaded = registry.apply_pas(s, Demographics((fnr,), "Old^Name"))
+        held = registry.update_held(s, Demographics((fnr,), "New^Name"))
+        assert held is not None and held.id == loaded.id
+        assert loaded.name == "New^Name"
+
+
+def test_update_held_leaves_new_identifiers_and_merges_to_apply_pas(applier: AdtApplier) -> None:
+    fnr = Identifier(NATIONAL_SYSTEMS[IdKind.FNR], FNR)
+    hosp = Identifier("urn:ns:HOSP", "H1")
+    with applier.sessions() as s, s.begin():
+        registry.apply_pas(s, Demographics((fnr,), "Nordmann^Kari"))
+        assert registry.update_held(s, Demographics((fnr, hosp), "Nordmann^Kari")) is None
+    answer = msa(applier.handle(adt("A08", f"{FNR}^^^FNR~H1^^^HOSP", name="Nordmann^Kari")))
+    assert answer[1] == "AA"
+    assert [(sys, value) for _, sys, value in _identifiers(applier)] == [
+        (fnr.system, FNR),
+        (hosp.system, "H1"),
+    ]
+    with applier.sessions() as s, s.begin():  # both held by one patient now
+        assert registry.update_held(s, Demographics((fnr, hosp), "Nordmann^Kari")) is not None
+
+
+def test_a_replay_is_a_duplicate_even_where_applying_it_again_would_fail(
+    applier: AdtApplier,
+) -> None:
+    hosp = Identifier("urn:ns:HOSP", "H1")
+    with applier.sessions() as s, s.begin():
+        registry.apply_pas(s, Demographics((hosp,), "Nordmann^Kari"))
+    a47 = adt("A47", "H2^^^HOSP", name="Nordmann^Kari", mrg="H1^^^HOSP", cid="move-1")
+    assert msa(applier.handle(a47))[1] == "AA"
+    # H1 is gone now, so a second apply would refuse "no patient holds H1"
+    answer = msa(applier.handle(a47))
+    assert answer[1] == "AA" and "duplicate" in answer[3]
+    with applier.sessions() as s:
+        assert s.scalars(select(Hl7Message.outcome)).all() == ["AA"]
+
+
+def test_applied_messages_are_logged_in_the_table_not_at_info(
+    applier: AdtApplier, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="pacsbroker.hl7")
+    for i in range(3):
+        raw = adt_message("A08", FNR, "Nordmann^Kari", control_id=f"quiet-{i}")
+        assert msa(applier.handle(raw))[1] == "AA"
+    assert [r for r in caplog.records if r.levelno >= logging.INFO] == []
+    with applier.sessions() as s:
+        assert len(s.scalars(select(Hl7Message.id)).all()) == 3
+
+
+def test_segments_adt_does_not_read_are_not_parsed_and_change_nothing() -> None:
+    plain = adt_message("A08", FNR, "O\\S\\Brien^Kari", "19610412", "F")
+    msh, *rest = plain.decode().split("\r")
+    noisy = "\r".join(
+        [msh, "EVN|A08|2026", "NK1|1|Nordmann^Ola\\F\\x|~~^^&&", "ZPI|\\X41\\|\\H\\", *rest]
+    )
+    assert parse_adt(noisy.encode(), allow_synthetic=True) == parse_adt(plain, allow_synthetic=True)
+
+
+@pytest.mark.parametrize("encoding", ["^~\\&", "^~\\"])
+def test_delimiters_come_from_msh2_however_many_are_declared(encoding: str) -> None:
+    raw = f"MSH|{encoding}|P|F|R|F|2026||ADT^A08|c1|P|2.5\rPID|1||777^^^&1.2.3.4&ISO||A^B\r"
+    m = parse_adt(raw.encode(), allow_synthetic=True)
+    assert systems(m) == [("urn:oid:1.2.3.4", "777")] and m.patient.name == "A^B"

@@ -15,8 +15,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from broker.pas.pdqm import PasAmbiguous, PasClient, PasUnavailable
 from broker.pas import reconcile
+from broker.pas.pdqm import PasAmbiguous, PasClient, PasUnavailable
 from broker.pas.reconcile import Reconciler, assignable
 from storage import catalog
 from storage.db import make_engine, migrate, session_factory

@@ -16,6 +16,8 @@ from storage.demographics import Demographics, Identifier
 
 SUPPORTED = {"A01", "A04", "A05", "A08", "A28", "A31", "A34", "A40", "A47"}
 NEEDS_MRG = {"A34", "A40", "A47"}
+# what parse_adt reads besides MSH
+_ADT_SEGMENTS = frozenset({"PID", "MRG"})
 _CHARSETS = {
     "8859/1": "latin-1",
     "ISO IR100": "latin-1",
@@ -221,10 +223,26 @@ def _hex_escapes(text: str, codec: str) -> str:
     return re.sub(f"{re.escape(esc)}([^{inside}]*){re.escape(esc)}", decoded, text)
 
 
+def _only(text: str, segments: Collection[str]) -> str:
+    """MSH-1/MSH-2 (python-hl7 takes its delimiters from them) and the segments named. The
+    rest of MSH is read from the bytes (`_raw_header`); python-hl7 builds a container for every
+    field of every segment, and would spend more on MSH, PV1, NK1, ... than on what we read."""
+    sep = text[3]
+    msh, *rest = text.split("\r")
+    kept = [seg for seg in rest if seg.split(sep, 1)[0] in segments]
+    # MSH-2 ends with a field separator, or python-hl7 reads delimiters from the next segment
+    return "\r".join([msh[:4] + msh[4:].split(sep, 1)[0] + sep, *kept])
+
+
 def read(
-    raw: bytes, types: Collection[str], triggers: Collection[str]
+    raw: bytes,
+    types: Collection[str],
+    triggers: Collection[str],
+    segments: Collection[str] | None = None,
 ) -> tuple[hl7.Message, Header]:
-    """Decode and parse one message (no MLLP framing) of an accepted MSH-9; else an Hl7Error."""
+    """Decode and parse one message (no MLLP framing) of an accepted MSH-9; else an Hl7Error.
+    With `segments`, only those are parsed, and of MSH only its delimiters (the Header has
+    the MSH fields)."""
     try:
         charset_field, codec = _codec(raw)
         text, codec = _decode(raw, codec)
@@ -235,6 +253,8 @@ def read(
     text = re.sub(r"\r\n|\n", "\r", text).strip("\r\x00 ")
     if not text.startswith("MSH") or len(text) < 8:
         raise Hl7Error("AR", "not an HL7 v2 message: it must start with an MSH segment", h)
+    if segments is not None:
+        text = _only(text, segments)
     try:
         msg = hl7.parse(_hex_escapes(text, codec))
     except Exception as e:
@@ -251,7 +271,7 @@ def read(
 
 def parse_adt(raw: bytes, *, allow_synthetic: bool) -> AdtMessage:
     """Parse one ADT message (no MLLP framing); every problem is an Hl7Error."""
-    msg, h = read(raw, {"ADT"}, SUPPORTED)
+    msg, h = read(raw, {"ADT"}, SUPPORTED, _ADT_SEGMENTS)
     try:
         return _content(msg, h, allow_synthetic)
     except Hl7Error as e:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import logging
 import socket
 import threading
@@ -26,9 +26,49 @@ def route(handlers: dict[str, Handler], fallback: Handler) -> Handler:
     return handle
 
 
+class FrameTooLarge(Exception):
+    """More than `max_message` bytes without the end of a frame."""
+
+
+class FrameReader:
+    """MLLP frames from a blocking socket; None once the peer has closed the connection."""
+
+    def __init__(self, sock: socket.socket, peer: str, max_message: int) -> None:
+        self.sock, self.peer, self.max_message = sock, peer, max_message
+        self.buf = bytearray()
+
+    def next(self) -> bytes | None:
+        start = self._until(START)
+        if start is None:
+            return None
+        if start:
+            log.warning("HL7 from %s: %d bytes outside an MLLP frame skipped", self.peer, start)
+        del self.buf[: start + len(START)]
+        end = self._until(END)
+        if end is None:
+            return None  # closed inside a frame: nothing to answer
+        frame = bytes(self.buf[:end])
+        del self.buf[: end + len(END)]
+        return frame
+
+    def _until(self, sep: bytes) -> int | None:
+        """Where `sep` starts in the buffer, reading as needed; None at end of stream."""
+        searched = 0
+        while (at := self.buf.find(sep, searched)) < 0:
+            if len(self.buf) > self.max_message:
+                raise FrameTooLarge
+            searched = max(0, len(self.buf) - len(sep) + 1)
+            chunk = self.sock.recv(1 << 16)
+            if not chunk:
+                return None
+            self.buf += chunk
+        return at
+
+
 class MllpListener:
-    """Runs an asyncio server in its own thread; `handle` (blocking: it writes the index)
-    runs in a worker thread, and the next frame of a connection waits for its ACK."""
+    """Accepts in its own thread and serves each connection in a thread of its own, which
+    reads a frame, runs `handle` (blocking: it writes the index) and writes the ACK before it
+    reads the next: no hand-off between an event loop and a worker per message."""
 
     def __init__(
         self,
@@ -37,67 +77,86 @@ class MllpListener:
         handle: Handler,
         *,
         max_message: int = 10 << 20,
+        max_connections: int = 64,
     ) -> None:
         self.host, self.port, self.handle, self.max_message = host, port, handle, max_message
-        self._loop = asyncio.new_event_loop()
-        self._server: asyncio.Server | None = None
-        self._thread = threading.Thread(target=self._run, name="hl7-mllp", daemon=True)
-        self._started = threading.Event()
-        self._error: BaseException | None = None
+        # a thread per connection: the cap keeps a flood of connections from exhausting them
+        self.max_connections = max_connections
+        self._server: socket.socket | None = None
+        self._thread = threading.Thread(target=self._accept, name="hl7-mllp", daemon=True)
+        self._clients: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
 
     def start(self) -> None:
+        try:
+            # the first address the host names, as the DICOM and HTTP ports bind it
+            family = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)[0][0]
+            self._server = socket.create_server((self.host, self.port), family=family)
+        except OSError as e:
+            raise RuntimeError(f"HL7 listener on port {self.port}: {e}") from e
         self._thread.start()
-        self._started.wait(30)
-        if self._error is not None:
-            raise RuntimeError(f"HL7 listener on port {self.port}: {self._error}")
 
     def stop(self) -> None:
+        """Stop accepting and end the open connections (a frame being handled is answered)."""
+        self._stopping.set()
         if self._server is not None:
-            self._loop.call_soon_threadsafe(self._server.close)
-        self._loop.call_soon_threadsafe(self._loop.stop)
+            _shutdown(self._server)
+            self._server.close()
+        with self._lock:
+            clients = list(self._clients)
+        for sock in clients:
+            _shutdown(sock)
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        try:
-            self._server = self._loop.run_until_complete(
-                asyncio.start_server(
-                    self._client, self.host, self.port, reuse_address=True, limit=self.max_message
+    def _accept(self) -> None:
+        assert self._server is not None
+        while not self._stopping.is_set():
+            try:
+                sock, addr = self._server.accept()
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                log.exception("HL7 listener: accept failed")
+                continue
+            peer = f"{addr[0]}:{addr[1]}"
+            with self._lock:
+                full = len(self._clients) >= self.max_connections
+                if not full:
+                    self._clients.add(sock)
+            if full:
+                log.warning(
+                    "HL7 connection from %s refused: %d connections open already",
+                    peer,
+                    self.max_connections,
                 )
-            )
-        except OSError as e:
-            self._error = e
-            self._started.set()
-            return
-        self._started.set()
-        self._loop.run_forever()
+                sock.close()
+                continue
+            threading.Thread(
+                target=self._serve, args=(sock, peer), name=f"hl7-{peer}", daemon=True
+            ).start()
 
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        host, port = writer.get_extra_info("peername")[:2]
-        peer = f"{host}:{port}"
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def _serve(self, sock: socket.socket, peer: str) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        frames = FrameReader(sock, peer, self.max_message)
         try:
-            while True:
-                junk = await reader.readuntil(START)
-                if len(junk) > 1:
-                    log.warning(
-                        "HL7 from %s: %d bytes outside an MLLP frame skipped", peer, len(junk) - 1
-                    )
-                frame = await reader.readuntil(END)
-                message = frame[: -len(END)]
-                reply = await asyncio.to_thread(self.handle, message, peer)
-                writer.write(START + reply + END)
-                await writer.drain()
-        except asyncio.IncompleteReadError:
-            pass
-        except asyncio.LimitOverrunError:
+            while (message := frames.next()) is not None:
+                sock.sendall(START + self.handle(message, peer) + END)
+        except FrameTooLarge:
             log.warning(
                 "HL7 from %s: frame larger than %d bytes; connection closed", peer, self.max_message
             )
         except (ConnectionError, OSError) as e:
-            log.info("HL7 connection from %s ended: %s", peer, e)
+            if not self._stopping.is_set():
+                log.info("HL7 connection from %s ended: %s", peer, e)
         except Exception:
             log.exception("HL7 connection from %s failed", peer)
         finally:
-            writer.close()
+            with self._lock:
+                self._clients.discard(sock)
+            sock.close()
+
+
+def _shutdown(sock: socket.socket) -> None:
+    """Wake a thread blocked in accept() or recv() on `sock`."""
+    with contextlib.suppress(OSError):  # not connected, or already closed
+        sock.shutdown(socket.SHUT_RDWR)
