@@ -287,10 +287,16 @@ def test_admin_pages_in_chromium(broker: Broker, browser: WebDriver) -> None:  #
     assert added["on_admission"] and added["on_order"] and added["max_studies"] == 3
 
     tab("jobs", f"#{job['id']}")
-    row = browser.find_element(By.XPATH, f"//td[text()='#{job['id']}']/..")
-    assert "fixity" in row.text and "ferdig" in row.text
-    bar = row.find_element(By.TAG_NAME, "progress")
-    assert bar.get_attribute("value") == bar.get_attribute("max") != "0"
+
+    # the jobs table refreshes itself: read the row in one go, again if it was just replaced
+    def job_row(d: WebDriver) -> tuple[str, str | None, str | None]:
+        row = d.find_element(By.XPATH, f"//td[text()='#{job['id']}']/..")
+        bar = row.find_element(By.TAG_NAME, "progress")
+        return row.text, bar.get_attribute("value"), bar.get_attribute("max")
+
+    text, done, total = wait.until(job_row)
+    assert "fixity" in text and "ferdig" in text
+    assert done == total != "0"
     browser.find_element(By.ID, "fixity").click()  # the page starts a job and lists it
     wait.until(lambda d: "er lagt i kø" in d.find_element(By.ID, "status").text)
     newer = int(browser.find_element(By.ID, "status").text.split("#")[1].split()[0])
