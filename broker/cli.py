@@ -87,8 +87,6 @@ def _send(directory: Path, host: str, port: int, called: str, calling: str) -> b
     for path, why in result.failed:
         console.print(f"[red]failed[/red] {path}: {why}")
     return not result.failed
-    if result.failed:
-        raise typer.Exit(1)
 
 
 @app.command("load")

@@ -14,6 +14,7 @@ import uvicorn
 from broker.commitment import queue_unreported
 from broker.dimse.commitment import REPORT
 from broker.dimse.server import receiver_main
+from broker.heap import settle
 from broker.hotfolder import HotFolders
 from broker.ingest import IngestWorker
 from broker.jobs import JobRunner, schedules
@@ -201,4 +202,5 @@ class Runtime:
             log_level="warning",
             access_log=False,
         )
+        settle()
         uvicorn.Server(config).run()

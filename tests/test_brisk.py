@@ -1,8 +1,10 @@
-"""The latency tuning of pynetdicom acceptors: wake-ups, whole-PDU reads, shared contexts."""
+"""The latency tuning of pynetdicom acceptors: wake-ups, whole-PDU reads, shared contexts,
+C-FIND answers in one PDU, and no full collections."""
 
 from __future__ import annotations
 
 import copy
+import gc
 import socket
 import threading
 import time
@@ -10,10 +12,13 @@ import time
 import pytest
 from pynetdicom import AE
 from pynetdicom.association import Association
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
 
+from broker import heap
 from broker.dimse import brisk
 from broker.dimse.contexts import scp_contexts
+from broker.dimse.server import ReusePortServer
 
 
 def _dul() -> brisk.BriskDUL:
@@ -113,3 +118,88 @@ def test_debug_dumps_are_not_bound_unless_pynetdicom_debug_is_on() -> None:
     assert all(bound())
     brisk._drop_debug_dumps(assoc)
     assert not any(bound())
+
+
+def test_reactor_tick_ends_when_a_message_or_release_is_queued(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assoc = Association(AE("TEST"), "acceptor")
+    brisk.wake_reactor_on_messages(assoc)
+    # a long tick shows that the queued item, not the timeout, ends the sleep
+    monkeypatch.setattr(brisk, "REACTOR_TICK", 5.0)
+    for q in (assoc.dimse.msg_queue, assoc.dul.to_user_queue):
+        done = threading.Event()
+
+        def reactor(done: threading.Event) -> None:
+            brisk._ReactorClock.sleep(5.0)
+            done.set()
+
+        t = threading.Thread(target=reactor, args=(done,))
+        t._brisk_activity = assoc._brisk_activity  # type: ignore[attr-defined]
+        t.start()
+        time.sleep(0.05)
+        assert not done.is_set()
+        q.put((1, "message"))
+        assert done.wait(1.0)
+        t.join()
+
+
+def test_other_sleeps_in_pynetdicom_still_sleep() -> None:
+    start = time.perf_counter()
+    brisk._ReactorClock.sleep(0.02)
+    assert time.perf_counter() - start >= 0.019
+
+
+def _reassembled(pdus: list[P_DATA]) -> tuple[bytes, bytes, list[int]]:
+    command, data, controls = b"", b"", []
+    for pdu in pdus:
+        for cid, pdv in pdu.presentation_data_value_list:
+            assert cid == 5
+            controls.append(pdv[0])
+            if pdv[0] & 1:
+                command += pdv[1:]
+            else:
+                data += pdv[1:]
+    return command, data, controls
+
+
+def test_find_answer_is_one_pdu_when_command_and_identifier_fit() -> None:
+    pdus = list(brisk._find_answer_pdus(5, b"C" * 100, b"D" * 300, 16384))
+    assert len(pdus) == 1
+    assert _reassembled(pdus) == (b"C" * 100, b"D" * 300, [0x03, 0x02])
+    assert len(list(brisk._find_answer_pdus(5, b"C" * 100, b"D" * 10**6, 0))) == 1
+
+
+def test_find_answer_is_fragmented_within_the_peers_maximum_pdu() -> None:
+    data = bytes(range(256)) * 40  # 10,240 bytes
+    pdus = list(brisk._find_answer_pdus(5, b"C" * 100, data, 4096))
+    for pdu in pdus:
+        assert sum(len(v) + 5 for _, v in pdu.presentation_data_value_list) <= 4096
+    command, got, controls = _reassembled(pdus)
+    assert (command, got) == (b"C" * 100, data)
+    assert controls == [0x03, 0x00, 0x00, 0x02]  # command last, data…, data last
+
+
+def test_receivers_skip_pynetdicoms_periodic_full_collection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[int] = []
+
+    def collect(*_args: object) -> int:
+        calls.append(1)
+        return 0
+
+    monkeypatch.setattr(gc, "collect", collect)
+    server = ReusePortServer.__new__(ReusePortServer)
+    server._gc = [0, 59]
+    for _ in range(200):
+        server.service_actions()
+    assert calls == []
+
+
+def test_settle_freezes_the_start_up_heap() -> None:
+    try:
+        heap.settle()
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
