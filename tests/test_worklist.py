@@ -572,3 +572,15 @@ def test_rest_orders(broker: Broker) -> None:
     assert http.post(f"{orders}/R9/cancel", headers=auth("integration")).status_code == 404
     gone = http.get(orders, params={"status": "cancelled"}, headers=auth("integration")).json()
     assert [o["accession_number"] for o in gone] == ["R1"]
+
+
+def test_routing_agrees_with_the_header_on_odd_message_types() -> None:
+    from broker.pas.hl7v2 import _raw_header
+
+    for raw in (
+        b"MSH|^~\\&|A|B|C|D|20260101||adt ^A08|1|P|2.5\r",
+        b"MSH#^~\\&#A#B#C#D#20260101##ORM^O01#1#P#2.5\r",
+        b"MSH|*~\\&|A|B|C|D|20260101||OMG*O19|1|P|2.5\r",
+        b"MSH|^~\\&|A|B|C|D|20260101\r",
+    ):
+        assert message_type(raw) == _raw_header(raw).message_type.upper()

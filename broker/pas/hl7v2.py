@@ -89,8 +89,13 @@ def _msh_fields(raw: bytes) -> list[bytes]:
 
 
 def message_type(raw: bytes) -> str:
-    """MSH-9.1 (ADT, ORM, ...) read from the raw bytes, for routing before a full parse."""
-    return _raw_header(raw).message_type.upper()
+    """MSH-9.1 (ADT, ORM, ...) read from the raw bytes, for routing before a full parse; only
+    that field is decoded (building the whole Header here cost a tenth of an A08)."""
+    fields = _msh_fields(raw)
+    if len(fields) < 9:
+        return ""
+    comp = fields[1][:1] or b"^"
+    return fields[8].strip().split(comp, 1)[0].strip().decode("latin-1", "replace").upper()
 
 
 def _codec(raw: bytes) -> tuple[str, str]:
