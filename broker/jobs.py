@@ -81,6 +81,7 @@ class JobRunner:
         self._active: dict[int, str] = {}  # job id → the worker's lease owner name
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self.born = time.time()
 
     def start(self) -> None:
         kinds = sorted(jobs.handlers())
@@ -170,13 +171,20 @@ class JobRunner:
             except jobs.JobStopped:
                 pass  # cancelled or taken over: the handler finds out at its next step
 
-    def _schedule(self) -> None:
-        now = time.time()
+    def _schedule(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
         for plan in self.plan:
             if plan.every <= 0:
                 continue
-            key = f"{plan.kind}@{int(now // plan.every)}"
+            period = int(now // plan.every)
+            key = f"{plan.kind}@{period}"
             with self.archive.sessions() as session, session.begin():
+                if period == int(self.born // plan.every) and not _scheduled_before(
+                    session, plan.kind
+                ):
+                    # a fresh archive's first sweep waits for the next period boundary rather
+                    # than re-reading the first studies while they arrive, minutes after install
+                    continue
                 busy = session.scalar(
                     select(Job.id).where(
                         Job.kind == plan.kind,
@@ -186,3 +194,10 @@ class JobRunner:
                 )
                 if busy is None and plan.start(session, key) is not None:
                     log.info("scheduled %s queued", plan.kind)
+
+
+def _scheduled_before(session: Session, kind: str) -> bool:
+    found = session.scalar(
+        select(Job.id).where(Job.kind == kind, Job.created_by == "scheduler").limit(1)
+    )
+    return found is not None

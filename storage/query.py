@@ -666,10 +666,47 @@ def _answer(
     src = tag_level(tag)
     if _DEPTH[src] > depth:
         return _empty(key)
+    indexed = _indexed_value(hit, tag)
+    if indexed is not None:
+        return key.vr if len(key.vr) == 2 else dictionary_VR(tag), indexed
     ds = hit.attrs(max(src, Level.STUDY, key=_DEPTH.__getitem__), upto)
     if ds is None or tag not in ds:
         return _empty(key)
     return _stored(ds, key)
+
+
+def _complete_text(limit: int) -> Any:
+    """The column holds the stored value whole when it is shorter than the column's limit."""
+    return lambda value: value if len(value) < limit else None
+
+
+def _date(value: str) -> str | None:
+    return value if len(value) == 8 and value.isdigit() else None
+
+
+def _uid(value: str) -> str:
+    return value
+
+
+# Keys most study answers ask for, answered from the index's columns when they hold the
+# stored value unchanged, so the answer need not read the stored header at all. A value the
+# column may have cut short or changed (a long text, a malformed date) is read from the header.
+_INDEXED: dict[int, tuple[str, str, Any]] = {
+    0x0020000D: ("study", "study_uid", _uid),
+    0x00080020: ("study", "study_date", _date),
+    0x00080050: ("study", "accession_number", _complete_text(64)),
+    0x00081030: ("study", "description", _complete_text(64)),
+    0x0020000E: ("series", "series_uid", _uid),
+    0x00080018: ("instance", "sop_uid", _uid),
+}
+
+
+def _indexed_value(hit: Hit, tag: int) -> str | None:
+    spec = _INDEXED.get(tag)
+    if spec is None:
+        return None
+    row = getattr(hit, spec[0])
+    return None if row is None else spec[2](getattr(row, spec[1]))
 
 
 def _stored(ds: Dataset, key: Key) -> tuple[str, Payload]:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from broker.jobs import JobRunner, Schedule
 from storage import jobs
@@ -226,6 +226,18 @@ def test_runner_runs_cancels_fails_and_hands_back_on_stop(archive: Archive) -> N
     assert 0 < j.done < 1000
 
 
+def _scheduled(archive: Archive) -> int:
+    with archive.sessions() as s:
+        return int(
+            s.scalar(
+                select(func.count(Job.id)).where(
+                    Job.kind == "test-steps", Job.created_by == "scheduler"
+                )
+            )
+            or 0
+        )
+
+
 def test_scheduled_jobs_are_queued_once_per_interval(archive: Archive) -> None:
     plan = [
         Schedule(
@@ -236,11 +248,21 @@ def test_scheduled_jobs_are_queued_once_per_interval(archive: Archive) -> None:
     ]
     first = JobRunner(archive, workers=1, lease=LEASE, plan=plan)
     second = JobRunner(archive, workers=1, lease=LEASE, plan=plan)  # another process
-    first._schedule()
-    second._schedule()
-    first._schedule()
-    with archive.sessions() as s:
-        assert s.scalar(select(func.count(Job.id)).where(Job.kind == "test-steps")) == 1
+    # a fresh archive: nothing in the period the runners started in
+    first._schedule(first.born)
+    assert _scheduled(archive) == 0
+    later = first.born + 3600
+    first._schedule(later)
+    second._schedule(later)
+    first._schedule(later)
+    assert _scheduled(archive) == 1
+    # a restart on an archive with history catches up on the period it starts in
+    restarted = JobRunner(archive, workers=1, lease=LEASE, plan=plan)
+    with archive.sessions() as s, s.begin():
+        s.execute(update(Job).where(Job.kind == "test-steps").values(state=JobState.SUCCEEDED))
+    restarted.born = first.born  # the same period, so the test cannot straddle an hour
+    restarted._schedule(first.born)
+    assert _scheduled(archive) == 2
 
 
 @jobs.handler("test-waits")

@@ -14,7 +14,7 @@ from storage.archive import Archive, object_key, sha256_of
 from storage.catalog import Archived, Outcome, file_instances
 from storage.dicomheader import parse
 from storage.models import Rejection
-from storage.query import Level, match, responses
+from storage.query import Hit, Level, match, responses
 from storage.settings import Settings
 from tests.conftest import SAMPLES
 
@@ -217,3 +217,30 @@ def find_as(a: Archive, syntax: tuple[bool, bool] | None, **keys: object) -> lis
     with a.sessions() as s:
         hits = match(s, Level.STUDY, q, pn_case_insensitive=False)
         return list(responses(s, Level.STUDY, hits, q, retrieve_ae="PB", syntax=syntax))
+
+
+def test_common_study_keys_come_from_the_index_without_reading_headers(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent = add_copy(archive, AccessionNumber="COLS", StudyDescription="Thorax")
+
+    def unread(*_args: object) -> None:
+        raise AssertionError("the stored header was read")
+
+    monkeypatch.setattr(Hit, "attrs", unread)
+    keys = dict(StudyInstanceUID="", StudyDate="", StudyDescription="", PatientName="")
+    (ds,) = find_as(archive, (False, True), AccessionNumber="COLS", **keys)
+    assert (ds.StudyInstanceUID, ds.StudyDate, ds.StudyDescription, ds.AccessionNumber) == (
+        sent.StudyInstanceUID,
+        sent.StudyDate,
+        "Thorax",
+        "COLS",
+    )
+
+
+def test_values_the_index_cannot_hold_whole_are_answered_as_stored(archive: Archive) -> None:
+    long_text = "Thorax " * 10  # 70 characters: longer than LO allows, and than the column
+    add_copy(archive, AccessionNumber="ODD", StudyDescription=long_text, StudyDate="2020.01.01")
+    (ds,) = find_as(archive, None, AccessionNumber="ODD", StudyDescription="", StudyDate="")
+    assert ds.StudyDescription == long_text.strip()
+    assert ds.StudyDate == "2020.01.01"
