@@ -203,3 +203,11 @@ def test_settle_freezes_the_start_up_heap() -> None:
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def test_pynetdicoms_reactor_still_sleeps_the_tick_that_install_reroutes() -> None:
+    """If an upgrade of pynetdicom changes its loop, the wake-up silently stops working."""
+    import inspect
+
+    source = inspect.getsource(Association._run_reactor)
+    assert f"time.sleep({brisk.REACTOR_TICK})" in source
