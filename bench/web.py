@@ -106,7 +106,7 @@ async def _timed_gets(
 
     # One client (one keep-alive connection) per simulated viewer: a shared 50-connection pool
     # cost the load generator, on the same 2 cores, about 5 ms of CPU per request. The clients
-    # exist before the clock starts: each builds an SSL context (~20 ms of CPU), and 50 of them
+    # exist before the clock starts: each builds an SSL context (~24 ms of CPU), and 50 of them
     # built while the first requests were in flight made those requests wait for the generator.
     clients = [
         httpx.AsyncClient(base_url=web.base, headers={**web.headers, "Accept": accept}, timeout=120)

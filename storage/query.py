@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from io import BytesIO
@@ -300,6 +300,12 @@ class Hit:
     # per level: the last tag read (None: all of them) and the attributes read
     _attrs: dict[Level, tuple[int | None, Dataset]] = field(default_factory=dict)
 
+    def row(self, level: Level) -> Study | Series | Instance | None:
+        """The matched row of a level below the patient."""
+        return {Level.STUDY: self.study, Level.SERIES: self.series, Level.IMAGE: self.instance}.get(
+            level
+        )
+
     def attrs(self, level: Level, upto: int | None = None) -> Dataset | None:
         """The stored attributes of a level. With `upto`, only those up to that tag are sure
         to be there: an answer needs a few early tags, and reading the rest of a header was
@@ -307,11 +313,7 @@ class Hit:
         cached = self._attrs.get(level)
         if cached is not None and _covers(cached[0], upto):
             return cached[1]
-        row = {
-            Level.STUDY: self.study,
-            Level.SERIES: self.series,
-            Level.IMAGE: self.instance,
-        }.get(level)
+        row = self.row(level)
         if row is None:
             return None
         ds = decode_attrs(row.attrs, row.attrs_ts) if upto is None else _attrs_upto(row, upto)
@@ -675,38 +677,39 @@ def _answer(
     return _stored(ds, key)
 
 
-def _complete_text(limit: int) -> Any:
-    """The column holds the stored value whole when it is shorter than the column's limit."""
-    return lambda value: value if len(value) < limit else None
+def _shorter_than(limit: int) -> Callable[[str], bool]:
+    return lambda value: len(value) < limit
 
 
-def _date(value: str) -> str | None:
-    return value if len(value) == 8 and value.isdigit() else None
+def _is_date(value: str) -> bool:
+    return len(value) == 8 and value.isdigit()
 
 
-def _uid(value: str) -> str:
-    return value
+def _always(_value: str) -> bool:
+    return True
 
 
-# Keys most study answers ask for, answered from the index's columns when they hold the
-# stored value unchanged, so the answer need not read the stored header at all. A value the
-# column may have cut short or changed (a long text, a malformed date) is read from the header.
-_INDEXED: dict[int, tuple[str, str, Any]] = {
-    0x0020000D: ("study", "study_uid", _uid),
-    0x00080020: ("study", "study_date", _date),
-    0x00080050: ("study", "accession_number", _complete_text(64)),
-    0x00081030: ("study", "description", _complete_text(64)),
-    0x0020000E: ("series", "series_uid", _uid),
-    0x00080018: ("instance", "sop_uid", _uid),
+# Of the COLUMNS, those that hold the stored value unchanged, with the test that the value was
+# not cut short or altered on the way in (a long text, a malformed date); the others are
+# normalised for matching. An answer takes these from the row and reads no stored header.
+_VERBATIM: dict[int, Callable[[str], bool]] = {
+    0x0020000D: _always,
+    0x00080020: _is_date,
+    0x00080050: _shorter_than(64),
+    0x00081030: _shorter_than(64),
+    0x0020000E: _always,
+    0x00080018: _always,
 }
 
 
 def _indexed_value(hit: Hit, tag: int) -> str | None:
-    spec = _INDEXED.get(tag)
-    if spec is None:
+    whole = _VERBATIM.get(tag)
+    if whole is None:
         return None
-    row = getattr(hit, spec[0])
-    return None if row is None else spec[2](getattr(row, spec[1]))
+    level, column = COLUMNS[tag]
+    row = hit.row(level)
+    value = None if row is None else getattr(row, column.key)
+    return value if isinstance(value, str) and whole(value) else None
 
 
 def _stored(ds: Dataset, key: Key) -> tuple[str, Payload]:

@@ -94,8 +94,14 @@ def message_type(raw: bytes) -> str:
     fields = _msh_fields(raw)
     if len(fields) < 9:
         return ""
-    comp = fields[1][:1] or b"^"
-    return fields[8].strip().split(comp, 1)[0].strip().decode("latin-1", "replace").upper()
+    comp = fields[1][:1].decode("latin-1") or "^"
+    return _component(fields[8].decode("latin-1", "replace").strip(), comp, 1).upper()
+
+
+def _component(field: str, comp: str, c: int) -> str:
+    """Component `c` (1-based) of a field, stripped; '' when absent."""
+    parts = field.split(comp)
+    return parts[c - 1].strip() if len(parts) >= c else ""
 
 
 def _codec(raw: bytes) -> tuple[str, str]:
@@ -181,8 +187,7 @@ def _raw_header(raw: bytes, charset_field: str = "", codec: str = "") -> Header:
     comp = fields[1][:1] if len(fields) > 1 and fields[1] else "^"
 
     def msh(n: int, c: int = 1) -> str:
-        parts = fields[n - 1].split(comp) if len(fields) >= n else []
-        return parts[c - 1].strip() if len(parts) >= c else ""
+        return _component(fields[n - 1], comp, c) if len(fields) >= n else ""
 
     return Header(
         sending_app=msh(3),
