@@ -195,6 +195,18 @@ def test_escapes_never_become_pn_delimiters(pn: str, charset: str, name: str) ->
     assert m.patient.name == name
 
 
+@pytest.mark.parametrize("end", ["\r", "\n", "\r\n"])
+def test_segments_may_end_with_cr_lf_or_both(end: str) -> None:
+    raw = adt_message("A08", FNR, "Nordmann^Kari", "19610412", "F").replace(b"\r", end.encode())
+    m = parse_adt(raw, allow_synthetic=True)
+    assert (m.patient.name, m.patient.birth_date, m.patient.sex) == (
+        "Nordmann^Kari",
+        "19610412",
+        "F",
+    )
+    assert [i.value for i in m.patient.identifiers] == [FNR]
+
+
 @pytest.mark.parametrize(
     ("msh18", "body", "code"), [("KOI8-R", b"", "AR"), ("UNICODE UTF-8", b"\xff\xfe", "AE")]
 )

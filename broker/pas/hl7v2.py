@@ -129,35 +129,45 @@ def _decode(raw: bytes, codec: str) -> tuple[str, str]:
         return raw.decode("latin-1"), "latin-1"
 
 
-def get_field(
-    msg: hl7.Message, seg: str, fld: int, rep: int = 1, comp: int = 1, sub: int = 1, *, num: int = 1
-) -> str:
-    """One value, '' when absent; `num` picks the n-th segment of that name."""
+def segment(msg: hl7.Message, name: str, num: int = 1) -> hl7.Segment | None:
+    """The `num`-th segment called `name`, None when there is none; found once, as python-hl7
+    scans every segment each time a field is read through the message."""
     try:
-        return str(msg.extract_field(seg, num, fld, rep, comp, sub) or "").strip()
+        found = msg.segments(name)
+    except KeyError:
+        return None
+    return found[num - 1] if 0 < num <= len(found) else None
+
+
+def get_field(seg: hl7.Segment | None, fld: int, rep: int = 1, comp: int = 1, sub: int = 1) -> str:
+    """One value of a (non-MSH) segment, '' when absent."""
+    if seg is None:
+        return ""
+    try:
+        return str(seg.extract_field(1, fld, rep, comp, sub) or "").strip()
     except (KeyError, IndexError, AttributeError, TypeError, hl7.exceptions.HL7Exception):
         return ""
 
 
 def identifiers(
-    msg: hl7.Message, seg: str, fld: int, where: str, allow_synthetic: bool
+    seg: hl7.Segment | None, fld: int, where: str, allow_synthetic: bool
 ) -> tuple[Identifier, ...]:
     """The CX repetitions of a field; national IDs (by OID, authority name or type code, or
     11 digits with no authority) are validated, as at ingest."""
     try:
-        reps = len(msg.segment(seg)[fld])
-    except (KeyError, IndexError):
+        reps = len(seg[fld]) if seg is not None else 0
+    except IndexError:
         return ()
     out = []
     for r in range(1, reps + 1):
-        value = get_field(msg, seg, fld, r, 1)
+        value = get_field(seg, fld, r, 1)
         if not value:
             continue
-        iso = get_field(msg, seg, fld, r, 4, 3).upper() == "ISO"
+        iso = get_field(seg, fld, r, 4, 3).upper() == "ISO"
         system = registry.issuer_system(
-            get_field(msg, seg, fld, r, 4, 1), get_field(msg, seg, fld, r, 4, 2) if iso else ""
+            get_field(seg, fld, r, 4, 1), get_field(seg, fld, r, 4, 2) if iso else ""
         )
-        national_type = nationalid.authority_kind(get_field(msg, seg, fld, r, 5)) is not None
+        national_type = nationalid.authority_kind(get_field(seg, fld, r, 5)) is not None
         try:
             ident = registry.identifier(
                 value, system, national_type=national_type, allow_synthetic=allow_synthetic
@@ -213,6 +223,8 @@ def _hex_escapes(text: str, codec: str) -> str:
     if len(enc) < 3:
         return text
     esc = enc[2]
+    if esc not in text[4 + len(enc) :]:
+        return text  # the usual message: no escape sequence at all
     again = {esc: "E", sep: "F", enc[0]: "S", enc[1]: "R", "\r": ".br", "\n": ".br"}
     if len(enc) > 3:
         again[enc[3]] = "T"
@@ -260,7 +272,9 @@ def read(
         e.header = _raw_header(raw)
         raise
     h = _raw_header(raw, charset_field, codec)
-    text = re.sub(r"\r\n|\n", "\r", text).strip("\r\x00 ")
+    if "\n" in text:  # segments ended by LF or CR LF, as files and some senders do
+        text = text.replace("\r\n", "\r").replace("\n", "\r")
+    text = text.strip("\r\x00 ")
     if not text.startswith("MSH") or len(text) < 8:
         raise Hl7Error("AR", "not an HL7 v2 message: it must start with an MSH segment", h)
     if segments is not None:
@@ -289,28 +303,21 @@ def parse_adt(raw: bytes, *, allow_synthetic: bool) -> AdtMessage:
         raise
 
 
-def has_segment(msg: hl7.Message, seg: str) -> bool:
-    try:
-        msg.segment(seg)
-    except KeyError:
-        return False
-    return True
-
-
 def patient_of(msg: hl7.Message, allow_synthetic: bool) -> Demographics:
     """The PID segment as registry demographics; identifiers are validated as for ADT."""
-    if not has_segment(msg, "PID"):
+    pid = segment(msg, "PID")
+    if pid is None:
         raise Hl7Error("AE", "PID segment is missing")
-    idents = identifiers(msg, "PID", 3, "PID-3", allow_synthetic)
+    idents = identifiers(pid, 3, "PID-3", allow_synthetic)
     if not idents:
         raise Hl7Error("AE", "PID-3: no patient identifier")
-    sex = get_field(msg, "PID", 8).upper()
+    sex = get_field(pid, 8).upper()
     if sex not in _SEX:
         raise Hl7Error("AE", f"PID-8: administrative sex {sex!r} is not in HL7 table 0001")
     return Demographics(
         identifiers=idents,
-        name=registry.person_name(get_field(msg, "PID", 5, 1, c) for c in (1, 2, 3)),
-        birth_date=parse_date(get_field(msg, "PID", 7), "PID-7"),
+        name=registry.person_name(get_field(pid, 5, 1, c) for c in (1, 2, 3)),
+        birth_date=parse_date(get_field(pid, 7), "PID-7"),
         sex=_SEX[sex],
     )
 
@@ -319,9 +326,10 @@ def _content(msg: hl7.Message, h: Header, allow_synthetic: bool) -> AdtMessage:
     patient = patient_of(msg, allow_synthetic)
     prior: tuple[Identifier, ...] = ()
     if h.trigger in NEEDS_MRG:
-        if not has_segment(msg, "MRG"):
+        mrg = segment(msg, "MRG")
+        if mrg is None:
             raise Hl7Error("AE", f"ADT^{h.trigger} needs an MRG segment")
-        prior = identifiers(msg, "MRG", 1, "MRG-1", allow_synthetic)
+        prior = identifiers(mrg, 1, "MRG-1", allow_synthetic)
         if not prior:
             raise Hl7Error("AE", "MRG-1: no prior patient identifier")
     return AdtMessage(

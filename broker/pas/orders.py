@@ -18,10 +18,10 @@ from broker.pas.hl7v2 import (
     Header,
     Hl7Error,
     get_field,
-    has_segment,
     parse_date,
     patient_of,
     read,
+    segment,
 )
 from storage import audit, registry, worklist
 from storage.demographics import Demographics
@@ -100,7 +100,7 @@ class _Reader:
         num = getattr(self.group, seg.lower(), 1) if seg in ("ORC", "OBR", "TQ1", "ZDS") else 1
         if not num:
             return ""
-        return get_field(self.msg, seg, fld, 1, comp, sub, num=num)
+        return get_field(segment(self.msg, seg, num), fld, 1, comp, sub)
 
     def first(self, *where: tuple[str, int, int]) -> str:
         """The first non-empty of several (segment, field, component) places."""
@@ -217,7 +217,7 @@ def parse_order(raw: bytes, *, allow_synthetic: bool) -> OrderMessage:
     try:
         if TRIGGERS[h.message_type] != h.trigger:
             raise Hl7Error("AR", f"MSH-9: {h.message_type}^{h.trigger} is not an order message")
-        patient = patient_of(msg, allow_synthetic) if has_segment(msg, "PID") else None
+        patient = patient_of(msg, allow_synthetic) if segment(msg, "PID") is not None else None
         groups = _groups(msg)
         if not groups:
             raise Hl7Error("AE", "ORC segment is missing")
