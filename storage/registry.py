@@ -9,7 +9,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import BindParameter, Table, Update, bindparam, or_, select, update
+from sqlalchemy import (
+    BindParameter,
+    Connection,
+    Table,
+    Update,
+    bindparam,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
@@ -230,14 +239,16 @@ class Updated:
     patient_id: str
 
 
-def update_held(session: Session, demo: Demographics) -> Updated | None:
+def update_held(bind: Session | Connection, demo: Demographics) -> Updated | None:
     """`apply_pas` (strict) for the usual ADT update, in two Core statements and no ORM
     objects: when every identifier is in the registry as given, all held by one unmerged
     patient, and the shown Patient ID stays, `apply_pas` would only set the demographics
     (and the status: verified).
     None (nothing done) when it would do more; the caller then runs `apply_pas`."""
-    session.flush()  # the SELECT below bypasses autoflush
-    conn = session.connection()
+    conn = bind
+    if isinstance(bind, Session):
+        bind.flush()  # the SELECT below bypasses autoflush
+        conn = bind.connection()
     values = list(dict.fromkeys(i.value for i in demo.identifiers))
     if len(values) == 1:
         rows = conn.execute(_HELD_ONE, {"value": values[0]}).all()
@@ -265,9 +276,10 @@ def update_held(session: Session, demo: Demographics) -> Updated | None:
     conn.execute(
         _set_columns(changed), {"patient": owner.id, "new_pas_updated_at": utcnow(), **params}
     )
-    loaded = session.identity_map.get(identity_key(Patient, owner.id))
-    if loaded is not None:
-        session.expire(loaded)  # the UPDATE went past the ORM
+    if isinstance(bind, Session):
+        loaded = bind.identity_map.get(identity_key(Patient, owner.id))
+        if loaded is not None:
+            bind.expire(loaded)  # the UPDATE went past the ORM
     return Updated(owner.id, owner.patient_id)
 
 

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
-from broker.pas.adt import AdtApplier
+from broker.pas.adt import AdtApplier, Tx
 from broker.pas.hl7v2 import AdtMessage, Hl7Error, ack, parse_adt
 from storage import registry
 from storage.db import make_engine, migrate, session_factory
@@ -239,10 +239,10 @@ def msa(reply: bytes) -> list[str]:
 class Clashing(AdtApplier):
     """Applies, then breaks a uniqueness constraint that is not the control ID's."""
 
-    def apply(self, session: Session, msg: Any, peer: str) -> str:
-        detail = super().apply(session, msg, peer)
-        session.add_all([Patient(patient_id="dup"), Patient(patient_id="dup")])
-        session.flush()
+    def apply(self, tx: Tx, msg: Any, peer: str) -> str:
+        detail = super().apply(tx, msg, peer)
+        tx.session.add_all([Patient(patient_id="dup"), Patient(patient_id="dup")])
+        tx.session.flush()
         return detail
 
 

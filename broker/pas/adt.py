@@ -6,7 +6,7 @@ import logging
 import uuid
 from typing import Any, cast
 
-from sqlalchemy import Table, UniqueConstraint, bindparam, insert, select
+from sqlalchemy import Connection, Engine, Table, UniqueConstraint, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -53,6 +53,32 @@ def _not_applied(e: IntegrityError) -> str:
     return "not applied: " + str(e.orig).strip().splitlines()[0]
 
 
+class Tx:
+    """One message's transaction: its connection for Core statements, and an ORM session on
+    that connection made only when a step needs one (a session's own bookkeeping costs more
+    than the usual A08's SQL)."""
+
+    def __init__(self, conn: Connection, sessions: sessionmaker[Session]) -> None:
+        self.conn = conn
+        self._sessions = sessions
+        self._session: Session | None = None
+
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            # joins the message's transaction, whose commit stays with Hl7Applier.handle
+            self._session = self._sessions(bind=self.conn, join_transaction_mode="rollback_only")
+        return self._session
+
+    def flush(self) -> None:
+        if self._session is not None:
+            self._session.flush()
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+
+
 class Hl7Applier:
     """One message at a time: the message row and its changes commit together, before the
     ACK goes out; a replayed control ID is acknowledged as a duplicate and changes nothing."""
@@ -62,6 +88,7 @@ class Hl7Applier:
 
     def __init__(self, sessions: sessionmaker[Session], *, allow_synthetic: bool, app: str):
         self.sessions = sessions
+        self.engine: Engine = sessions.kw["bind"]
         self.allow_synthetic = allow_synthetic
         self.app = app
 
@@ -69,7 +96,7 @@ class Hl7Applier:
         """The parsed message (a `Parsed`); every problem is an Hl7Error."""
         raise NotImplementedError
 
-    def apply(self, session: Session, msg: Any, peer: str) -> str:
+    def apply(self, tx: Tx, msg: Any, peer: str) -> str:
         """Apply inside the message's transaction; returns what was done, for the log."""
         raise NotImplementedError
 
@@ -81,11 +108,16 @@ class Hl7Applier:
             self._log_refusal(raw, e, peer)
             return ack(e, e.code, e.reason, app=self.app)
         try:
-            with self.sessions() as session, session.begin():
-                detail = self.apply(session, msg, peer)
+            with self.engine.begin() as conn:
+                tx = Tx(conn, self.sessions)
+                try:
+                    detail = self.apply(tx, msg, peer)
+                    tx.flush()
+                finally:
+                    tx.close()
                 # a replay breaks the unique (sender, control ID) here, which undoes its
                 # apply step: replays are rare, so this is cheaper than a SELECT first
-                session.connection().execute(
+                conn.execute(
                     _INSERT_MESSAGE,
                     {
                         "sender": msg.sender[:200],
@@ -154,45 +186,45 @@ class AdtApplier(Hl7Applier):
     def parse(self, raw: bytes) -> AdtMessage:
         return parse_adt(raw, allow_synthetic=self.allow_synthetic)
 
-    def apply(self, session: Session, msg: AdtMessage, peer: str) -> str:
+    def apply(self, tx: Tx, msg: AdtMessage, peer: str) -> str:
         if msg.trigger in UPDATES:
-            return self._update(session, msg, peer)
+            return self._update(tx, msg, peer)
         if msg.trigger in MERGES:
-            target, merged = registry.merge(session, msg.patient, msg.prior)
-            worklist.move_orders(session, merged, target)
+            target, merged = registry.merge(tx.session, msg.patient, msg.prior)
+            worklist.move_orders(tx.session, merged, target)
             old = ", ".join(p.patient_id for p in merged) or "nothing to move"
             detail = f"merged {old} into {target.patient_id}"
             self._audit(
-                session, msg, peer, "pas-merge", [p.patient_id for p in (*merged, target)], detail
+                tx.conn, msg, peer, "pas-merge", [p.patient_id for p in (*merged, target)], detail
             )
             return detail
-        patient = registry.change_identifier(session, msg.patient, msg.prior)
+        patient = registry.change_identifier(tx.session, msg.patient, msg.prior)
         detail = f"identifier {', '.join(i.value for i in msg.prior)} → {patient.patient_id}"
-        self._audit(session, msg, peer, "pas-change-id", [patient.patient_id], detail)
+        self._audit(tx.conn, msg, peer, "pas-change-id", [patient.patient_id], detail)
         return detail
 
-    def _update(self, session: Session, msg: AdtMessage, peer: str) -> str:
-        # most updates are of a patient already registered as sent: no ORM objects needed
-        held = registry.update_held(session, msg.patient)
+    def _update(self, tx: Tx, msg: AdtMessage, peer: str) -> str:
+        # most updates are of a patient already registered as sent: no ORM session needed
+        held = registry.update_held(tx.conn, msg.patient)
         if held is None:
-            patient = registry.apply_pas(session, msg.patient)
+            patient = registry.apply_pas(tx.session, msg.patient)
             held = registry.Updated(patient.id, patient.patient_id)
         detail = f"patient {held.patient_id} updated"
         if msg.trigger in ADMISSIONS:
             queued = prefetch.queue_for(
-                session,
+                tx.session,
                 held.id,
                 prefetch.Trigger("admission"),
                 created_by=f"hl7:{msg.sender}",
                 ref=msg.control_id,
             )
             detail += f"; {len(queued)} prefetches queued" if queued else ""
-        self._audit(session, msg, peer, "pas-update", [held.patient_id], detail)
+        self._audit(tx.conn, msg, peer, "pas-update", [held.patient_id], detail)
         return detail
 
     @staticmethod
     def _audit(
-        session: Session,
+        conn: Connection,
         msg: AdtMessage,
         peer: str,
         action: str,
@@ -215,4 +247,4 @@ class AdtApplier(Hl7Applier):
             }
             for patient_id in dict.fromkeys(patient_ids) or [""]
         ]
-        session.connection().execute(_INSERT_AUDIT, rows)
+        conn.execute(_INSERT_AUDIT, rows)

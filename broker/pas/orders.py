@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import hl7
 from sqlalchemy.orm import Session, sessionmaker
 
-from broker.pas.adt import Hl7Applier
+from broker.pas.adt import Hl7Applier, Tx
 from broker.pas.hl7v2 import (
     Header,
     Hl7Error,
@@ -249,10 +249,10 @@ class OrderApplier(Hl7Applier):
     def parse(self, raw: bytes) -> OrderMessage:
         return parse_order(raw, allow_synthetic=self.allow_synthetic)
 
-    def apply(self, session: Session, msg: OrderMessage, peer: str) -> str:
-        done = [self._apply_item(session, item) for item in msg.items]
+    def apply(self, tx: Tx, msg: OrderMessage, peer: str) -> str:
+        done = [self._apply_item(tx.session, item) for item in msg.items]
         audit.record(
-            session,
+            tx.session,
             actor=msg.sender,
             role="order-placer",
             source=peer,
