@@ -10,6 +10,7 @@ from io import BytesIO
 from typing import Any
 
 from pydicom import dcmread
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
@@ -228,8 +229,17 @@ class Header:
 
 
 def _text(ds: Dataset, keyword: str, limit: int) -> str:
+    tag = _TAGS.get(keyword) or _tag(keyword)
     try:
-        value = ds.get(keyword)
+        raw = ds.get_item(tag)
+    except Exception:
+        return ""
+    if raw is None:
+        return ""
+    if isinstance(raw, RawDataElement) and (raw.VR or dictionary_VR(tag)) in _ASCII_VRS:
+        return (raw.value or b"").decode("ascii", "replace").strip("\0 ")[:limit]
+    try:
+        value = ds[tag].value
     except Exception:
         return ""
     if value is None:
@@ -237,6 +247,17 @@ def _text(ds: Dataset, keyword: str, limit: int) -> str:
     if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
         value = "\\".join(str(v) for v in value)
     return str(value).strip("\0 ")[:limit]
+
+
+# VRs whose values are in the default repertoire whatever the character set (PS3.5 6.2): read
+# from the raw bytes, as pydicom's conversion was a third of the header parse at ingest
+_ASCII_VRS = frozenset({"AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI"})
+_TAGS: dict[str, BaseTag] = {}
+
+
+def _tag(keyword: str) -> BaseTag:
+    _TAGS[keyword] = Tag(keyword)
+    return _TAGS[keyword]
 
 
 def _drop_bulk(ds: Dataset) -> None:

@@ -1,0 +1,89 @@
+"""The header values ingest indexes, read from the raw bytes where the VR allows it."""
+
+from __future__ import annotations
+
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread, dcmwrite
+from pydicom.data import get_charset_files, get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
+
+from storage import dicomheader
+
+# what Header holds, by keyword and width, as pydicom converts it
+FIELDS = {
+    "sop_uid": ("SOPInstanceUID", 64),
+    "study_uid": ("StudyInstanceUID", 64),
+    "series_uid": ("SeriesInstanceUID", 64),
+    "patient_id": ("PatientID", 64),
+    "patient_name": ("PatientName", 324),
+    "birth_date": ("PatientBirthDate", 8),
+    "sex": ("PatientSex", 16),
+    "study_date": ("StudyDate", 8),
+    "accession_number": ("AccessionNumber", 64),
+    "study_description": ("StudyDescription", 64),
+    "modality": ("Modality", 16),
+    "series_number": ("SeriesNumber", 12),
+    "instance_number": ("InstanceNumber", 12),
+}
+
+
+def converted(ds: Dataset, keyword: str, limit: int) -> str:
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    if type(value).__name__ == "MultiValue":
+        value = "\\".join(str(v) for v in value)
+    return str(value).strip("\0 ")[:limit]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "CT_small.dcm",
+        "MR_small_bigendian.dcm",
+        "MR_small_implicit.dcm",
+        "image_dfl.dcm",
+        "JPEG2000.dcm",
+        "rtplan.dcm",
+        "chrH31.dcm",
+        "MR_small_RLE.dcm",
+    ],
+)
+def test_indexed_values_match_pydicoms_conversion(name: str) -> None:
+    found = get_testdata_file(name) or get_charset_files(name)[0]
+    payload = Path(found).read_bytes()
+    h = dicomheader.parse(payload)
+    ds = dcmread(BytesIO(payload), force=True)
+    for attr, (keyword, limit) in FIELDS.items():
+        assert getattr(h, attr) == converted(ds, keyword, limit), (name, keyword)
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR DA")  # the padded date, on purpose
+@pytest.mark.parametrize("ts", [ImplicitVRLittleEndian, ExplicitVRBigEndian])
+def test_padded_and_absent_values_in_implicit_and_big_endian(ts: str) -> None:
+    ds = dcmread(get_testdata_file("CT_small.dcm"))
+    ds = Dataset({e.tag: e for e in ds})  # a fresh data set: pydicom keeps a read one's encoding
+    ds.file_meta = FileMetaDataset()
+    ds.StudyDate = "20200101 "
+    ds.Modality = " CT"
+    ds.SeriesNumber = "007"
+    ds.PatientSex = ""
+    del ds.AccessionNumber
+    ds.InstanceNumber = "12"
+    del ds.PixelData  # pydicom will not byte-swap it; the header is what is read here
+    ds.file_meta.TransferSyntaxUID = ts
+    out = BytesIO()
+    dcmwrite(out, ds, enforce_file_format=True)
+    h = dicomheader.parse(out.getvalue())
+    assert (h.study_date, h.modality, h.series_number, h.sex, h.accession_number) == (
+        "20200101",
+        "CT",
+        "007",
+        "",
+        "",
+    )
+    assert h.instance_number == "12" and h.transfer_syntax == ts
