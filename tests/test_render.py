@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from tests.conftest import SAMPLES
-from viewer.render import RenderCache, RenderError, View, Window, render
+from viewer.render import RenderCache, RenderError, View, Window, _grey, _grey_levels, render
 
 SAMPLE_FILES = sorted(SAMPLES.rglob("*.dcm"))
 
@@ -151,3 +151,31 @@ def test_one_frame_is_decoded_and_equals_that_frame_of_the_whole(
         assert np.array_equal(
             np.asarray(Image.open(BytesIO(ours))), np.asarray(Image.open(BytesIO(expected)))
         )
+
+
+def _synthetic(photometric: str, slope: float) -> tuple[Dataset, np.ndarray]:
+    ds = Dataset()
+    ds.PhotometricInterpretation = photometric
+    ds.RescaleSlope, ds.RescaleIntercept = slope, 100
+    frame = np.random.default_rng(7).integers(-32768, 32768, (64, 64)).astype(np.int16)
+    frame[0, :2] = (-32768, 32767)  # the whole range of the type, where an index could wrap
+    return ds, frame
+
+
+@pytest.mark.parametrize(
+    ("ds", "frame"),
+    [
+        _synthetic("MONOCHROME1", -2.5),
+        _synthetic("MONOCHROME2", 1.0),
+        *(
+            (ds, ds.pixel_array)
+            for ds in (dcmread(get_testdata_file(n)) for n in ("CT_small.dcm", "MR_small.dcm"))
+        ),
+    ],
+    ids=["MONOCHROME1 slope<0", "full int16 range", "CT_small", "MR_small"],
+)
+@pytest.mark.parametrize("window", [None, Window(40, 400), Window(-600, 1500)])
+def test_grey_levels_by_table_equal_those_pixel_by_pixel(
+    ds: Dataset, frame: np.ndarray, window: Window | None
+) -> None:
+    assert np.array_equal(_grey(ds, frame, window), _grey_levels(ds, frame, window))
