@@ -26,12 +26,21 @@ class Identifier:
 
 @dataclass(frozen=True)
 class Demographics:
-    """`name` is in DICOM PN form (Family^Given^Middle); `birth_date` YYYYMMDD; `sex` M/F/O/''."""
+    """`name` is in DICOM PN form (Family^Given^Middle^Prefix^Suffix); `birth_date` YYYYMMDD;
+    `sex` M/F/O/''. `kept` names the fields (name, birth_date, sex) the source left out, which
+    an update leaves as they are: HL7 omits a field that did not change and sends "" to clear
+    it (v2.5 2.5.3)."""
 
     identifiers: tuple[Identifier, ...]
     name: str
     birth_date: str = ""
     sex: str = ""
+    kept: frozenset[str] = frozenset()
+
+    def changes(self) -> dict[str, str]:
+        """The demographic fields an update sets."""
+        values = {"name": self.name, "birth_date": self.birth_date, "sex": self.sex}
+        return {k: v for k, v in values.items() if k not in self.kept}
 
 
 def national_system(value: str, *, allow_synthetic: bool) -> str | None:

@@ -220,7 +220,8 @@ def apply_pas(session: Session, demo: Demographics, *, strict: bool = True) -> P
     patient = holder(session, demo.identifiers) if strict else find_any(session, demo.identifiers)
     if patient is None:
         return create(session, demo, PatientStatus.VERIFIED)
-    patient.name, patient.birth_date, patient.sex = demo.name, demo.birth_date, demo.sex
+    for column, value in demo.changes().items():
+        setattr(patient, column, value)
     patient.status, patient.status_reason = PatientStatus.VERIFIED, ""
     patient.pas_updated_at = utcnow()
     add_identifiers(session, patient, demo.identifiers)
@@ -264,13 +265,7 @@ def update_held(bind: Session | Connection, demo: Demographics) -> Updated | Non
     ident = primary(demo.identifiers)
     if ident.national and owner.patient_id != ident.value:
         return None  # apply_pas changes the shown ID
-    new = {
-        "name": demo.name,
-        "birth_date": demo.birth_date,
-        "sex": demo.sex,
-        "status": PatientStatus.VERIFIED,
-        "status_reason": "",
-    }
+    new = {**demo.changes(), "status": PatientStatus.VERIFIED, "status_reason": ""}
     changed = tuple(c for c, v in new.items() if getattr(owner, c) != v)
     params = {f"new_{c}": new[c] for c in changed}
     conn.execute(

@@ -402,3 +402,36 @@ def test_delimiters_come_from_msh2_however_many_are_declared(encoding: str) -> N
     raw = f"MSH|{encoding}|P|F|R|F|2026||ADT^A08|c1|P|2.5\rPID|1||777^^^&1.2.3.4&ISO||A^B\r"
     m = parse_adt(raw.encode(), allow_synthetic=True)
     assert systems(m) == [("urn:oid:1.2.3.4", "777")] and m.patient.name == "A^B"
+
+
+def _pid(pid3: str, fields: str, cid: str) -> bytes:
+    """An A08 whose PID-5, PID-7 and PID-8 are `fields` ("name||birth|sex") as sent."""
+    msh = f"MSH|^~\\&|PAS|HF|PACS|HF|2026||ADT^A08|{cid}|P|2.5"
+    return f"{msh}\rPID|1||{pid3}||{fields}\r".encode()
+
+
+@pytest.mark.parametrize("pid3", [f"{FNR}^^^FNR", f"{FNR}^^^FNR~H7^^^HOSP"])
+def test_an_update_keeps_omitted_fields_and_clears_those_sent_as_null(
+    applier: AdtApplier, pid3: str
+) -> None:
+    """HL7 v2.5 2.5.3; the second PID-3 adds an identifier, so the update takes the ORM path."""
+    fnr = Identifier(NATIONAL_SYSTEMS[IdKind.FNR], FNR)
+    assert msa(applier.handle(adt_message("A28", FNR, "Nordmann^Kari", "19610412", "F")))[1] == "AA"
+
+    def shown() -> tuple[str, str, str]:
+        with applier.sessions() as s:
+            p = registry.find(s, fnr)
+            assert p is not None
+            return p.name, p.birth_date, p.sex
+
+    assert msa(applier.handle(_pid(pid3, "Nordmann^Kari Anne||", "u1")))[1] == "AA"
+    assert shown() == ("Nordmann^Kari Anne", "19610412", "F")
+    assert msa(applier.handle(_pid(pid3, "||19610413|", "u2")))[1] == "AA"
+    assert shown() == ("Nordmann^Kari Anne", "19610413", "F")
+    assert msa(applier.handle(_pid(pid3, '||""|""', "u3")))[1] == "AA"
+    assert shown() == ("Nordmann^Kari Anne", "", "")
+
+
+def test_name_prefix_and_suffix_take_their_dicom_places() -> None:
+    m = parse_adt(adt("A08", f"{FNR}^^^FNR", name="Hansen^Ola^Johan^JR^DR"), allow_synthetic=True)
+    assert m.patient.name == "Hansen^Ola^Johan^DR^JR"  # PS3.5 6.2.1: ...^prefix^suffix

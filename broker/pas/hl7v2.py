@@ -27,6 +27,8 @@ _CHARSETS = {
     "ASCII": "ascii",
 }
 _SEX = {"M": "M", "F": "F", "O": "O", "U": "", "A": "O", "N": "", "": ""}
+# HL7 v2.5 2.5.3: a field sent as "" clears the value; an empty field leaves it unchanged
+NULL = '""'
 # HL7 v2.5 table 0357 codes used in ERR-3
 _ERR_CODE = {"AR": ("200", "Unsupported message type"), "AE": ("207", "Application error")}
 
@@ -311,15 +313,30 @@ def patient_of(msg: hl7.Message, allow_synthetic: bool) -> Demographics:
     idents = identifiers(pid, 3, "PID-3", allow_synthetic)
     if not idents:
         raise Hl7Error("AE", "PID-3: no patient identifier")
-    sex = get_field(pid, 8).upper()
+    kept: set[str] = set()
+    # XPN is family^given^middle^suffix^prefix, DICOM PN family^given^middle^prefix^suffix
+    name = _sent([get_field(pid, 5, 1, c) for c in (1, 2, 3, 5, 4)], "name", kept)
+    (birth,) = _sent([get_field(pid, 7)], "birth_date", kept)
+    (sex,) = _sent([get_field(pid, 8).upper()], "sex", kept)
     if sex not in _SEX:
         raise Hl7Error("AE", f"PID-8: administrative sex {sex!r} is not in HL7 table 0001")
     return Demographics(
         identifiers=idents,
-        name=registry.person_name(get_field(pid, 5, 1, c) for c in (1, 2, 3)),
-        birth_date=parse_date(get_field(pid, 7), "PID-7"),
+        name=registry.person_name(name),
+        birth_date=parse_date(birth, "PID-7"),
         sex=_SEX[sex],
+        kept=frozenset(kept),
     )
+
+
+def _sent(components: list[str], name: str, kept: set[str]) -> list[str]:
+    """A field's components, all '' for HL7's null `""` (clear the value); all '' too, with
+    `name` added to `kept`, when the field is empty (leave the value as it is)."""
+    if components[0] == NULL and not any(components[1:]):
+        return [""] * len(components)
+    if not any(components):
+        kept.add(name)
+    return components
 
 
 def _content(msg: hl7.Message, h: Header, allow_synthetic: bool) -> AdtMessage:
