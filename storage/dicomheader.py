@@ -151,14 +151,19 @@ def _check_last_element(ds: Dataset, stream: bytes, little: bool) -> None:
     if not len(ds):
         return
     last = ds.get_item(list(ds.keys())[-1])
-    if isinstance(last, RawDataElement) and last.length != _UNDEFINED:
+    if isinstance(last, RawDataElement):
+        undefined = last.length == _UNDEFINED
+    else:  # pydicom converts a sequence, and an empty value, as it reads
+        undefined = last.is_undefined_length
+    if undefined:
+        if stream[-8:] != struct.pack("<HHI" if little else ">HHI", 0xFFFE, 0xE0DD, 0):
+            raise InvalidObject("data set ends inside a sequence (truncated)")
+    elif isinstance(last, RawDataElement):
         end = last.value_tell + last.length
         if end != len(stream):
             raise InvalidObject(
                 f"data set ends inside an element at byte {min(end, len(stream))} (truncated)"
             )
-    elif stream[-8:] != struct.pack("<HHI" if little else ">HHI", 0xFFFE, 0xE0DD, 0):
-        raise InvalidObject("data set ends inside a sequence (truncated)")
 
 
 def _check_pixel_tail(stream: bytes, pos: int, implicit: bool, little: bool) -> None:

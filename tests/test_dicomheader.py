@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread, dcmwrite
 from pydicom.data import get_charset_files, get_testdata_file
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from storage import dicomheader
 
@@ -87,3 +88,29 @@ def test_padded_and_absent_values_in_implicit_and_big_endian(ts: str) -> None:
         "",
     )
     assert h.instance_number == "12" and h.transfer_syntax == ts
+
+
+def _sr(last: DataElement | None = None) -> bytes:
+    """test-SR.dcm's data set (it ends with its ContentSequence), plus `last` after it."""
+    ds = dcmread(get_testdata_file("test-SR.dcm"))
+    if last is not None:
+        ds.add(last)
+    out = BytesIO()
+    ds.save_as(out)
+    payload = out.getvalue()
+    return payload[dicomheader.dataset_offset(payload) :]
+
+
+@pytest.mark.parametrize(
+    "last",
+    [None, DataElement(0xFFFCFFFC, "OB", b""), DataElement(0x00640009, "OF", b"")],
+    ids=["sequence", "empty OB", "empty OF"],
+)
+def test_an_object_ending_in_a_sequence_or_an_empty_value_is_whole(last: DataElement) -> None:
+    assert dicomheader.validate(_sr(last), ExplicitVRLittleEndian).sop_uid
+
+
+@pytest.mark.parametrize("last", [None, DataElement(0xFFFCFFFC, "OB", b"\0" * 64)])
+def test_an_object_cut_short_is_refused(last: DataElement | None) -> None:
+    with pytest.raises(dicomheader.InvalidObject, match="truncated"):
+        dicomheader.validate(_sr(last)[:-10], ExplicitVRLittleEndian)
