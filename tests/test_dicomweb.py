@@ -13,8 +13,10 @@ import httpx
 import pytest
 from PIL import Image
 from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
 from pydicom.encaps import generate_frames
 from pydicom.filereader import read_file_meta_info
+from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from python_multipart import MultipartParser
 from sqlalchemy import select
@@ -551,3 +553,26 @@ def test_rendered_viewport_fits_the_image_into_the_box(compressed: Broker) -> No
         assert size(us, "64,64") == (64, 48)
         width, height = size(us, "100,20")
         assert height <= 20 and width <= 100 and width / height == pytest.approx(128 / 96, 0.1)
+
+
+def test_one_malformed_value_fails_neither_searches_nor_metadata(broker_factory) -> None:
+    """An IS of '1A' (pydicom's badVR.dcm has one) is stored as sent; JSON leaves it out."""
+    b = broker_factory().start()
+    ds = dcmread(KARI_CT[0])
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds[0x00280008] = RawDataElement(Tag(0x00280008), "IS", 2, b"1A", 0, False, True)
+    out = BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    with client(b, role="epr") as web:
+        body, ctype = stow_body([out.getvalue()])
+        assert web.post("/studies", content=body, headers={"Content-Type": ctype}).is_success
+        wait_instances(b, 1)
+        sop = f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/"
+        sop += ds.SOPInstanceUID
+        for path in ("/studies", "/instances", f"/studies/{ds.StudyInstanceUID}/metadata"):
+            r = web.get(path)
+            assert r.status_code == 200, (path, r.text)
+            assert "00280008" not in r.json()[0] and r.json()[0]["0020000D"]
+        rendered = web.get(f"{sop}/rendered", headers={"Accept": "image/jpeg"})
+        assert 400 <= rendered.status_code < 500 and "NumberOfFrames" in rendered.text

@@ -516,7 +516,7 @@ class DicomWeb:
                 if q.everything:
                     _add_everything(ds, hit, level)
                 ds.add(DataElement(_RETRIEVE_URL, "UR", _url(base, hit, level)))
-                out.append(ds.to_json_dict())
+                out.append(ds.to_json_dict(suppress_invalid_tags=True))
             self.trail.record(
                 actor=who.user,
                 role=who.role,
@@ -645,7 +645,10 @@ class DicomWeb:
             ds = outbound.indexed_header(inst, patients[inst.id])
             url = f"{base}/studies/{study}/series/{series_of[inst.id]}/instances/{inst.sop_uid}"
             item = ds.to_json_dict(
-                bulk_data_threshold=1024, bulk_data_element_handler=_bulk_uri(url)
+                bulk_data_threshold=1024,
+                bulk_data_element_handler=_bulk_uri(url),
+                # one malformed value (an IS of '1A') must not fail the whole answer
+                suppress_invalid_tags=True,
             )
             if "Rows" in ds:  # an image: its pixel data was not indexed, but it is there
                 item[f"{_PIXEL_DATA:08X}"] = {

@@ -15,7 +15,15 @@ from storage.dicomheader import decode_attrs
 from storage.models import VISIBLE, Instance, Patient, Series, Study
 from storage.objects import ObjectNotFound, ObjectStoreError
 from storage.query import NOT_REJECTED
-from viewer.render import MEDIA, FrameOutOfRange, RenderCache, RenderError, View, render
+from viewer.render import (
+    MEDIA,
+    FrameOutOfRange,
+    RenderCache,
+    RenderError,
+    View,
+    frame_count,
+    render,
+)
 
 # Renders are CPU work that holds the GIL most of the time: more threads than cores only
 # share the cores among more images, so every image of a burst finishes late. A few threads
@@ -102,7 +110,10 @@ def frames_shown(inst: Instance) -> int:
         return 0
     if "Rows" not in attrs:
         return 1 if "WaveformSequence" in attrs else 0
-    return int(attrs.get("NumberOfFrames", 1) or 1)
+    try:
+        return frame_count(attrs)
+    except RenderError:
+        return 1  # shown as one image, whose rendering then says what is wrong
 
 
 def order_number(text: str) -> int:

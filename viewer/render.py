@@ -144,6 +144,14 @@ def _grey_levels(ds: Dataset, frame: np.ndarray, window: Window | None) -> np.nd
     return np.rint(unit * 255.0).astype(np.uint8)
 
 
+def frame_count(ds: Dataset) -> int:
+    """NumberOfFrames, 1 when absent; a RenderError when the object's value is not a number."""
+    try:
+        return int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        raise RenderError("NumberOfFrames (0028,0008) of the object is not a number") from None
+
+
 def render(ds: Dataset, view: View) -> bytes:
     """One frame as an encoded image: of the pixels, of a video, or a waveform's plot."""
     image = _image(ds, view)
@@ -165,7 +173,7 @@ def _image(ds: Dataset, view: View) -> Image.Image:
         return render_waveform.plot(ds, view.frame)
     if "PixelData" not in ds:
         raise RenderError("the object has no pixel data")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = frame_count(ds)
     if not 1 <= view.frame <= frames:
         raise FrameOutOfRange(f"frame {view.frame} out of range: the object has {frames} frame(s)")
     if render_video.is_video(ds):
