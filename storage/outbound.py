@@ -99,9 +99,14 @@ def stored(store: ObjectStore, inst: Instance) -> Dataset:
     return dcmread(BytesIO(store.get(inst.object_key)))
 
 
-def load(store: ObjectStore, inst: Instance, pm: PatientModule) -> Dataset:
-    """The stored object with the current patient module; raises ObjectStoreError if unreadable."""
-    return apply_patient(stored(store, inst), pm)
+def load(store: ObjectStore, inst: Instance, pm: PatientModule) -> tuple[Dataset, bytes | None]:
+    """The stored object with the current patient module, and its stored bytes when that
+    changed nothing; raises ObjectStoreError if unreadable."""
+    raw = store.get(inst.object_key)
+    ds = dcmread(BytesIO(raw))
+    if differences(ds, pm):
+        return apply_patient(ds, pm), None
+    return ds, raw
 
 
 # What retrieve can write besides the stored syntax: we decode, we never encode.

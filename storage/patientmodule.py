@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 
+from storage.query import normalise_pn
+
 _LATIN1 = ("ISO_IR 100", "ISO 2022 IR 100")
 
 
@@ -27,7 +29,13 @@ def differences(ds: Dataset, pm: PatientModule) -> dict[str, str]:
         "PatientBirthDate": pm.birth_date,
         "PatientSex": pm.sex,
     }
-    return {k: v for k, v in wanted.items() if str(ds.get(k) or "") != v}
+    return {k: v for k, v in wanted.items() if _as_indexed(k, ds.get(k)) != _as_indexed(k, v)}
+
+
+def _as_indexed(keyword: str, value: object) -> str:
+    """A value as the index compares it: `OB^^^^` is the name `OB`, not a different one."""
+    text = str(value or "")
+    return normalise_pn(text) if keyword == "PatientName" else text
 
 
 def apply(ds: Dataset, pm: PatientModule) -> Dataset:

@@ -211,3 +211,15 @@ def test_pynetdicoms_reactor_still_sleeps_the_tick_that_install_reroutes() -> No
 
     source = inspect.getsource(Association._run_reactor)
     assert f"time.sleep({brisk.REACTOR_TICK})" in source
+
+
+def test_pynetdicoms_c_store_still_encodes_through_the_function_verbatim_replaces() -> None:
+    """If an upgrade of pynetdicom encodes elsewhere, retrieves silently lose stored bytes."""
+    import inspect
+
+    import pynetdicom.dsutils
+
+    from broker.dimse import verbatim
+
+    assert verbatim._ENCODE is pynetdicom.dsutils.encode
+    assert "bytestream = encode(" in inspect.getsource(Association.send_c_store)

@@ -568,3 +568,29 @@ def test_demo_default_rejects_unknown_callers_from_other_hosts_at_association(
         assert local.returncode == 0, local.stderr
     finally:
         server.shutdown()
+
+
+def test_retrieved_objects_are_the_stored_bytes(broker_factory, tmp_path: Path) -> None:
+    """pynetdicom re-encodes what it sends (no group lengths, names rewritten); C-GET sends the
+    archived data set itself when neither PAS nor the peer's syntax changes it."""
+    from pydicom.data import get_testdata_file
+
+    b = broker_factory({}).start()
+    names = {"693_J2KI.dcm": "+xw", "examples_palette.dcm": "+xe"}  # group lengths; OB^^^^
+    for name in names:
+        path = Path(str(get_testdata_file(name)))
+        ts = str(read_file_meta_info(path).TransferSyntaxUID)
+        assert storescu(b.dicom_port, [path], ts).returncode == 0
+    wait_instances(b, len(names))
+    for name, prefer in names.items():
+        sent = dcmread(str(get_testdata_file(name)), stop_before_pixels=True)
+        out = tmp_path / name
+        out.mkdir()
+        getscu = ["getscu", "-S", "+B", prefer, "-aet", "GETSCU", "-aec", "PACSBROKER"]
+        keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={sent.StudyInstanceUID}"]
+        r = run([*getscu, "-od", str(out), *keys, "127.0.0.1", str(b.dicom_port)])
+        assert r.returncode == 0, r.stderr
+        (got,) = out.iterdir()
+        back = dcmread(got, stop_before_pixels=True)
+        assert [e.tag for e in back] == [e.tag for e in sent], name  # group lengths included
+        assert back.PatientName == sent.PatientName

@@ -13,6 +13,7 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
 
+from broker.dimse import verbatim
 from broker.dimse.access import AccessPolicy, Action
 from broker.dimse.contexts import sub_operation_contexts
 from broker.dimse.find import IDENTIFIER_MISMATCH, UNABLE_TO_PROCESS, query_level
@@ -201,10 +202,11 @@ class RetrieveHandler:
 
     def _load(self, inst: Instance, pm: PatientModule) -> Dataset | None:
         try:
-            return outbound.load(self.archive.store, inst, pm)
+            ds, stored = outbound.load(self.archive.store, inst, pm)
         except (ObjectNotFound, ObjectStoreError) as e:
             log.error("cannot read %s for retrieve: %s", inst.object_key, e)
             return None
+        return ds if stored is None else verbatim.keep(ds, stored)
 
 
 def _syntaxes_for(ds: Dataset, assoc: Association | None) -> list[str]:

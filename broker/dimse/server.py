@@ -18,7 +18,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.orm import configure_mappers
 
 from broker.commitment import report_on_association
-from broker.dimse import brisk
+from broker.dimse import brisk, verbatim
 from broker.dimse.access import AccessPolicy, Action
 from broker.dimse.brisk import BriskRequestHandler, SharedContexts
 from broker.dimse.commitment import CommitmentRequestHandler
@@ -174,6 +174,7 @@ def receiver_main(settings_json: str, index: int, notify: Any, ready: MpEvent) -
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     brisk.install()
+    verbatim.install()
     settle()
     ready.set()
     try:
