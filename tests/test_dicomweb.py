@@ -539,6 +539,19 @@ def test_qido_warns_on_fuzzy_matching_and_checks_parameters(compressed: Broker) 
             for name in ("limit", "offset"):
                 r = web.get("/studies", params={name: bad})
                 assert r.status_code == 400 and name in r.text, (name, bad, r.text)
+        both_options = {"emptyvaluematching": "true", "multiplevaluematching": "true"}
+        warned = web.get("/studies", params=both_options).headers["warning"]
+        assert "emptyvaluematching" in warned and "multiplevaluematching" in warned
+        for date in ("20200101-", "-20301231", "19000101-20301231", "20200229"):
+            assert web.get("/studies", params={"StudyDate": date}).status_code == 200, date
+        for date in ("abc", "2024-03-01", "20241301", "20230229", "-", "1-2-3"):
+            r = web.get("/studies", params={"StudyDate": date})
+            assert r.status_code == 400 and "StudyDate" in r.text, (date, r.text)
+        assert web.get("/studies", params={"StudyTime": "2500"}).status_code == 400
+    with client(compressed, role="epr") as uploader:
+        body, ctype = stow_body([US.read_bytes()])
+        r = uploader.post("/studies", content=body, headers={"Content-Type": ctype, **xml})
+        assert r.status_code == 406
 
 
 def test_rendered_viewport_fits_the_image_into_the_box(compressed: Broker) -> None:

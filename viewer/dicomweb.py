@@ -6,6 +6,7 @@ C-MOVE, so every way out shows the same objects with the same (current PAS) demo
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import json
 import re
@@ -20,7 +21,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydicom import dcmread
-from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import (
@@ -78,7 +79,9 @@ READ_AHEAD_BYTES = 64 << 20
 # a time keep each other's reads going without one thread per object.
 _READERS = ThreadPoolExecutor(2 * READ_AHEAD, thread_name_prefix="wado-read")
 Uploader = Annotated[Caller, Depends(requires(UPLOADERS, "storing objects"))]
-_CONTROL = {"limit", "offset", "includefield", "fuzzymatching"}
+# matching options we do not offer: the search runs without them and says so (PS3.18 8.3.4)
+_UNSUPPORTED = ("fuzzymatching", "emptyvaluematching", "multiplevaluematching")
+_CONTROL = {"limit", "offset", "includefield", *_UNSUPPORTED}
 _DEFAULT_KEYS = {
     Level.STUDY: [
         "StudyDate",
@@ -144,9 +147,8 @@ _FRAME_MEDIA = {
     "image/x-dicom-rle": (RLELossless,),
     "image/dicom-rle": (RLELossless,),
 }
-_FUZZY_WARNING = (
-    '299 {host}: "The fuzzymatching parameter is not supported.'
-    ' Only literal matching has been performed."'
+_UNSUPPORTED_WARNING = (
+    '299 {host}: "The {name} parameter is not supported. Only literal matching has been performed."'
 )
 
 
@@ -174,7 +176,32 @@ def _element(tag: int, value: str | None) -> DataElement:
         return DataElement(tag, "SQ", [])
     if value is not None and vr == "UI":
         value = value.replace(",", "\\")  # QIDO lists UIDs with commas, DICOM with backslashes
+    if value and vr in _MATCHABLE_TIMES and not _valid_range(value, _MATCHABLE_TIMES[vr]):
+        raise HTTPException(
+            400, f"{keyword_for_tag(tag) or f'{tag:08X}'}={value!r} is not a {vr} value or range"
+        )
     return DataElement(tag, vr, value)
+
+
+# PS3.4 C.2.2.2.5: a date or time, or a range of them with one end open
+_DA = re.compile(r"[0-9]{8}")
+_TM = re.compile(r"([01][0-9]|2[0-3])([0-5][0-9]([0-5][0-9](\.[0-9]{1,6})?)?)?")
+_MATCHABLE_TIMES = {"DA": _DA, "TM": _TM}
+
+
+def _valid_range(value: str, form: re.Pattern[str]) -> bool:
+    ends = value.split("-")
+    if len(ends) > 2 or not any(ends):
+        return False
+    for end in ends:
+        if end and not form.fullmatch(end):
+            return False
+        if end and form is _DA:
+            try:
+                dt.date(int(end[:4]), int(end[4:6]), int(end[6:]))
+            except ValueError:
+                return False
+    return True
 
 
 @dataclass
@@ -297,7 +324,7 @@ def _dicom_syntaxes(request: Request) -> list[str]:
 
 
 def _accept_json(request: Request) -> None:
-    """QIDO and metadata answer in DICOM JSON only; dicom+xml alone is refused (406)."""
+    """QIDO, metadata and STOW answer in DICOM JSON only; dicom+xml alone is refused (406)."""
     ok = {DICOM_JSON, "application/json", "application/*", "*/*"}
     if not any(r.media in ok for r in _media_ranges(request)):
         raise HTTPException(406, f"this resource is sent as {DICOM_JSON}")
@@ -527,9 +554,12 @@ class DicomWeb:
                     (h.patient.patient_id, h.study.study_uid if h.study else "") for h in hits
                 ],
             )
-        headers = {}
-        if request.query_params.get("fuzzymatching", "").lower() == "true":
-            headers["Warning"] = _FUZZY_WARNING.format(host=request.url.netloc)
+        warnings = [
+            _UNSUPPORTED_WARNING.format(host=request.url.netloc, name=name)
+            for name in _UNSUPPORTED
+            if request.query_params.get(name, "").lower() == "true"
+        ]
+        headers = {"Warning": ", ".join(warnings)} if warnings else {}
         return Response(_json(out), media_type=DICOM_JSON, headers=headers)
 
     # WADO-RS
@@ -781,6 +811,7 @@ class DicomWeb:
     async def store(self, request: Request, who: Caller, study: str | None) -> Response:
         if self.intake is None:
             raise HTTPException(503, "this server does not accept uploads (no spool)")
+        _accept_json(request)  # before the upload is read: the answer could not be sent
         ctype = request.headers.get("content-type", "")
         boundary = _boundary(ctype)
         declared = int(request.headers.get("content-length", 0) or 0)
