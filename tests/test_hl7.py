@@ -435,3 +435,23 @@ def test_an_update_keeps_omitted_fields_and_clears_those_sent_as_null(
 def test_name_prefix_and_suffix_take_their_dicom_places() -> None:
     m = parse_adt(adt("A08", f"{FNR}^^^FNR", name="Hansen^Ola^Johan^JR^DR"), allow_synthetic=True)
     assert m.patient.name == "Hansen^Ola^Johan^DR^JR"  # PS3.5 6.2.1: ...^prefix^suffix
+
+
+@pytest.mark.parametrize(
+    ("raw", "condition"),
+    [
+        (adt("A99", f"{FNR}^^^FNR"), "201^Unsupported event code"),
+        (b"MSH|^~\\&|PAS|HF|PACS|HF|2026||ORU^R01|c1|P|2.5\r", "200^Unsupported message type"),
+        (b"MSH|^~\\&|PAS|HF|PACS|HF|2026||ADT^A08|c1|P|2.5\r", "100^Segment sequence error"),
+        (adt("A08", ""), "101^Required field missing"),
+        (adt("A40", f"{FNR}^^^FNR"), "100^Segment sequence error"),
+        (adt_message("A08", FNR, "A^B", "1961-04-12"), "102^Data type error"),
+        (adt_message("A08", FNR, "A^B", "", "X"), "103^Table value not found"),
+    ],
+    ids=["trigger", "type", "no PID", "no PID-3", "no MRG", "date", "sex"],
+)
+def test_err_3_names_the_table_0357_condition(raw: bytes, condition: str) -> None:
+    with pytest.raises(Hl7Error) as err:
+        parse_adt(raw, allow_synthetic=True)
+    reply = hl7.parse(ack(err.value, err.value.code, err.value.reason).decode())
+    assert str(reply.segment("ERR")[3]) == f"{condition}^HL70357"

@@ -29,8 +29,17 @@ _CHARSETS = {
 _SEX = {"M": "M", "F": "F", "O": "O", "U": "", "A": "O", "N": "", "": ""}
 # HL7 v2.5 2.5.3: a field sent as "" clears the value; an empty field leaves it unchanged
 NULL = '""'
-# HL7 v2.5 table 0357 codes used in ERR-3
-_ERR_CODE = {"AR": ("200", "Unsupported message type"), "AE": ("207", "Application error")}
+# HL7 v2.5 table 0357 (message error condition codes), for ERR-3
+TABLE_0357 = {
+    "100": "Segment sequence error",
+    "101": "Required field missing",
+    "102": "Data type error",
+    "103": "Table value not found",
+    "200": "Unsupported message type",
+    "201": "Unsupported event code",
+    "207": "Application internal error",
+}
+_DEFAULT_ERR = {"AR": "200", "AE": "207"}
 
 
 @dataclass
@@ -51,11 +60,15 @@ class Header:
 
 
 class Hl7Error(Exception):
-    """A message we refuse: `code` is the MSA-1 answer (AE or AR), `reason` says why."""
+    """A message we refuse: `code` is the MSA-1 answer (AE or AR), `reason` says why, `err`
+    the table 0357 condition for ERR-3."""
 
-    def __init__(self, code: str, reason: str, header: Header | None = None) -> None:
+    def __init__(
+        self, code: str, reason: str, header: Header | None = None, *, err: str = ""
+    ) -> None:
         super().__init__(reason)
         self.code, self.reason = code, reason
+        self.err = err or _DEFAULT_ERR.get(code, "207")  # ERR-3, from TABLE_0357
         self.header = header or Header()
 
 
@@ -175,7 +188,9 @@ def identifiers(
                 value, system, national_type=national_type, allow_synthetic=allow_synthetic
             )
         except nationalid.InvalidNationalId as e:
-            raise Hl7Error("AE", f"{where}: {value} is not a valid national ID: {e}") from None
+            raise Hl7Error(
+                "AE", f"{where}: {value} is not a valid national ID: {e}", err="102"
+            ) from None
         out.append(ident)
     return tuple(out)
 
@@ -187,7 +202,7 @@ def parse_date(value: str, where: str) -> str:
     try:
         dt.datetime.strptime(day, "%Y%m%d")
     except ValueError:
-        raise Hl7Error("AE", f"{where}: {value!r} is not a date (YYYYMMDD)") from None
+        raise Hl7Error("AE", f"{where}: {value!r} is not a date (YYYYMMDD)", err="102") from None
     return day
 
 
@@ -278,20 +293,24 @@ def read(
         text = text.replace("\r\n", "\r").replace("\n", "\r")
     text = text.strip("\r\x00 ")
     if not text.startswith("MSH") or len(text) < 8:
-        raise Hl7Error("AR", "not an HL7 v2 message: it must start with an MSH segment", h)
+        raise Hl7Error(
+            "AR", "not an HL7 v2 message: it must start with an MSH segment", h, err="100"
+        )
     if segments is not None:
         text = _only(text, segments)
     try:
         msg = hl7.parse(_hex_escapes(text, codec))
     except Exception as e:
-        raise Hl7Error("AR", f"unparsable HL7: {e}", h) from None
+        raise Hl7Error("AR", f"unparsable HL7: {e}", h, err="100") from None
     mtype = h.message_type
     if mtype not in types:
         raise Hl7Error("AR", f"MSH-9: message type {mtype or '(none)'} is not accepted here", h)
     if h.trigger not in triggers:
-        raise Hl7Error("AR", f"MSH-9: trigger event {h.trigger or '(none)'} is not supported", h)
+        raise Hl7Error(
+            "AR", f"MSH-9: trigger event {h.trigger or '(none)'} is not supported", h, err="201"
+        )
     if not h.control_id:
-        raise Hl7Error("AR", "MSH-10: message control ID is missing", h)
+        raise Hl7Error("AR", "MSH-10: message control ID is missing", h, err="101")
     return msg, h
 
 
@@ -309,17 +328,19 @@ def patient_of(msg: hl7.Message, allow_synthetic: bool) -> Demographics:
     """The PID segment as registry demographics; identifiers are validated as for ADT."""
     pid = segment(msg, "PID")
     if pid is None:
-        raise Hl7Error("AE", "PID segment is missing")
+        raise Hl7Error("AE", "PID segment is missing", err="100")
     idents = identifiers(pid, 3, "PID-3", allow_synthetic)
     if not idents:
-        raise Hl7Error("AE", "PID-3: no patient identifier")
+        raise Hl7Error("AE", "PID-3: no patient identifier", err="101")
     kept: set[str] = set()
     # XPN is family^given^middle^suffix^prefix, DICOM PN family^given^middle^prefix^suffix
     name = _sent([get_field(pid, 5, 1, c) for c in (1, 2, 3, 5, 4)], "name", kept)
     (birth,) = _sent([get_field(pid, 7)], "birth_date", kept)
     (sex,) = _sent([get_field(pid, 8).upper()], "sex", kept)
     if sex not in _SEX:
-        raise Hl7Error("AE", f"PID-8: administrative sex {sex!r} is not in HL7 table 0001")
+        raise Hl7Error(
+            "AE", f"PID-8: administrative sex {sex!r} is not in HL7 table 0001", err="103"
+        )
     return Demographics(
         identifiers=idents,
         name=registry.person_name(name),
@@ -345,10 +366,10 @@ def _content(msg: hl7.Message, h: Header, allow_synthetic: bool) -> AdtMessage:
     if h.trigger in NEEDS_MRG:
         mrg = segment(msg, "MRG")
         if mrg is None:
-            raise Hl7Error("AE", f"ADT^{h.trigger} needs an MRG segment")
+            raise Hl7Error("AE", f"ADT^{h.trigger} needs an MRG segment", err="100")
         prior = identifiers(mrg, 1, "MRG-1", allow_synthetic)
         if not prior:
-            raise Hl7Error("AE", "MRG-1: no prior patient identifier")
+            raise Hl7Error("AE", "MRG-1: no prior patient identifier", err="101")
     return AdtMessage(
         trigger=h.trigger,
         control_id=h.control_id,
@@ -393,8 +414,7 @@ def ack(source: Parsed | Hl7Error, code: str, text: str = "", *, app: str = "PAC
         msh += ["", "", "", "", "", h.charset_field]
     segments = ["|".join(msh), "|".join(["MSA", code, h.control_id, _esc(text)[:80]])]
     if code != "AA":
-        err, label = _ERR_CODE.get(code, _ERR_CODE["AE"])
-        segments.append(
-            "|".join(["ERR", "", "", f"{err}^{label}^HL70357", "E", "", "", "", _esc(text)])
-        )
+        err = source.err if isinstance(source, Hl7Error) else _DEFAULT_ERR.get(code, "207")
+        condition = f"{err}^{TABLE_0357[err]}^HL70357"
+        segments.append("|".join(["ERR", "", "", condition, "E", "", "", "", _esc(text)]))
     return "\r".join(segments).encode(h.codec or "utf-8", "replace") + b"\r"

@@ -135,12 +135,16 @@ def _start(r: _Reader) -> tuple[str, str]:
             where = name
             break
     if not value:
-        raise Hl7Error("AE", "no scheduled start: TQ1-7, OBR-27.4, ORC-7.4 and OBR-36 are empty")
+        raise Hl7Error(
+            "AE", "no scheduled start: TQ1-7, OBR-27.4, ORC-7.4 and OBR-36 are empty", err="101"
+        )
     stamp = re.sub(r"\D.*", "", value)  # a TS may end in a fraction or a zone offset
     day = parse_date(stamp[:8] if len(stamp) >= 8 else value, where)
     clock = stamp[8:14]
     if not _CLOCK.fullmatch(clock):
-        raise Hl7Error("AE", f"{where}: {value!r} is not a time stamp (YYYYMMDD[HHMM[SS]])")
+        raise Hl7Error(
+            "AE", f"{where}: {value!r} is not a time stamp (YYYYMMDD[HHMM[SS]])", err="102"
+        )
     return _local(day, clock, value)
 
 
@@ -160,28 +164,32 @@ def _local(day: str, clock: str, value: str) -> tuple[str, str]:
 def _item(r: _Reader, patient: Demographics | None) -> OrderItem:
     control = r.get("ORC", 1).upper()
     if control not in CONTROLS:
-        raise Hl7Error("AE", f"ORC-1: order control {control or '(none)'} is not supported")
+        raise Hl7Error(
+            "AE", f"ORC-1: order control {control or '(none)'} is not supported", err="103"
+        )
     placer = r.first(("ORC", 2, 1), ("OBR", 2, 1))
     filler = r.first(("ORC", 3, 1), ("OBR", 3, 1))
     accession = r.get("OBR", 18) or filler or placer
     if not accession:
-        raise Hl7Error("AE", "no accession number: OBR-18, ORC-3 and ORC-2 are empty")
+        raise Hl7Error("AE", "no accession number: OBR-18, ORC-3 and ORC-2 are empty", err="101")
     item = OrderItem(control, accession, placer, r.get("ORC", 5).upper())
     if control not in ("NW", "XO"):
         return item
     if patient is None:
-        raise Hl7Error("AE", f"ORC-1 {control}: PID segment is missing")
+        raise Hl7Error("AE", f"ORC-1 {control}: PID segment is missing", err="100")
     if not r.group.obr:
-        raise Hl7Error("AE", f"ORC-1 {control}: the order has no OBR segment")
+        raise Hl7Error("AE", f"ORC-1 {control}: the order has no OBR segment", err="100")
     day, clock = _start(r)
     modality = r.get("OBR", 24).upper()
     if not modality:
-        raise Hl7Error("AE", "OBR-24: no modality; the worklist item needs one (DICOM type 1)")
+        raise Hl7Error(
+            "AE", "OBR-24: no modality; the worklist item needs one (DICOM type 1)", err="101"
+        )
     code = worklist.Code(r.get("OBR", 4, 1), r.get("OBR", 4, 3), r.get("OBR", 4, 2))
     description = code.meaning or code.code
     study_uid = r.get("ZDS", 1)
     if study_uid and not _UID.match(study_uid):
-        raise Hl7Error("AE", f"ZDS-1: {study_uid!r} is not a UID")
+        raise Hl7Error("AE", f"ZDS-1: {study_uid!r} is not a UID", err="102")
     priority = r.first(("TQ1", 9, 1), ("OBR", 27, 6), ("ORC", 7, 6), ("OBR", 5, 1)).upper()
     request = worklist.OrderRequest(
         patient=patient,
@@ -216,11 +224,13 @@ def parse_order(raw: bytes, *, allow_synthetic: bool) -> OrderMessage:
     msg, h = read(raw, set(TRIGGERS), set(TRIGGERS.values()))
     try:
         if TRIGGERS[h.message_type] != h.trigger:
-            raise Hl7Error("AR", f"MSH-9: {h.message_type}^{h.trigger} is not an order message")
+            raise Hl7Error(
+                "AR", f"MSH-9: {h.message_type}^{h.trigger} is not an order message", err="201"
+            )
         patient = patient_of(msg, allow_synthetic) if segment(msg, "PID") is not None else None
         groups = _groups(msg)
         if not groups:
-            raise Hl7Error("AE", "ORC segment is missing")
+            raise Hl7Error("AE", "ORC segment is missing", err="100")
         items = tuple(_item(_Reader(msg, g), patient) for g in groups)
     except Hl7Error as e:
         e.header = h
