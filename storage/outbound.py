@@ -187,9 +187,13 @@ def frames(store: ObjectStore, inst: Instance, numbers: list[int] | None = None)
     if UID(ds.file_meta.TransferSyntaxUID).is_compressed:
         raise ValueError("the pixel data cannot be decoded here")
     bits = int(ds.BitsAllocated)
+    if bits == 1:
+        raise ValueError("frames of 1-bit (bit-packed) pixel data are not served")
     size = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * bits // 8
-    if bits == 1 or size * count > len(ds.PixelData):
-        raise ValueError("frames of 1-bit or short pixel data are not served")
+    if ds.get("PhotometricInterpretation") == "YBR_FULL_422":
+        size = size // 3 * 2  # PS3.3 C.7.6.3.1.2: one Cb and one Cr for every two Y
+    if size * count > len(ds.PixelData):
+        raise ValueError(f"the pixel data is shorter than {count} frame(s) of {size} bytes")
     data = bytes(ds.PixelData)
     return [data[(n - 1) * size : n * size] for n in wanted]
 

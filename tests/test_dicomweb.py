@@ -589,3 +589,21 @@ def test_one_malformed_value_fails_neither_searches_nor_metadata(broker_factory)
             assert "00280008" not in r.json()[0] and r.json()[0]["0020000D"]
         rendered = web.get(f"{sop}/rendered", headers={"Accept": "image/jpeg"})
         assert 400 <= rendered.status_code < 500 and "NumberOfFrames" in rendered.text
+
+
+def test_frames_of_ybr_full_422_are_two_bytes_a_pixel(broker_factory) -> None:
+    """PS3.3 C.7.6.3.1.2: 4:2:2 native pixel data has one Cb and one Cr for every two Y."""
+    from pydicom.data import get_testdata_file
+
+    b = broker_factory().start()
+    path = Path(str(get_testdata_file("SC_ybr_full_422_uncompressed.dcm")))
+    assert storescu(b.dicom_port, [path]).returncode == 0
+    wait_instances(b, 1)
+    ds = dcmread(path)
+    sop = f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/"
+    with client(b) as web:
+        r = web.get(f"{sop}{ds.SOPInstanceUID}/frames/1")
+        assert r.status_code == 200, r.text
+        ((_, frame),) = multipart(r)
+    assert len(frame) == ds.Rows * ds.Columns * 2
+    assert frame == ds.PixelData[: len(frame)]
