@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
+from pydicom.pixels.utils import get_expected_length
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import (
     UID,
@@ -121,11 +122,15 @@ def validate(ds_bytes: bytes, ts: str) -> Identity:
         raise InvalidUID("invalid UID " + ", ".join(invalid))
     pos = fp.tell()
     if pos < len(stream):  # read_dataset stopped at Pixel Data
-        _check_pixel_tail(stream, pos, implicit, little)
+        length = _check_pixel_tail(stream, pos, implicit, little)
+        if length is not None:
+            _check_pixel_length(ds, length)
     else:
         _check_last_element(ds, stream, little)
         if _needs_pixels(values.get(0x00080016, "")):
-            raise InvalidObject("no Pixel Data (7FE0,0010) in an image object (truncated)")
+            raise InvalidObject(
+                "an image object without Pixel Data (7FE0,0010): truncated or incomplete"
+            )
     return Identity(
         values.get(0x00080016, ""), values[0x00080018], values[0x0020000D], values[0x0020000E]
     )
@@ -166,8 +171,25 @@ def _check_last_element(ds: Dataset, stream: bytes, little: bool) -> None:
             )
 
 
-def _check_pixel_tail(stream: bytes, pos: int, implicit: bool, little: bool) -> None:
-    """Detect a data set cut off inside its pixel data (the usual way transfers get truncated)."""
+def _check_pixel_length(ds: Dataset, length: int) -> None:
+    """Native pixel data must hold every frame the image attributes describe."""
+    try:  # whole numbers first: pydicom would repeat a malformed value as a string
+        for keyword in ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated"):
+            int(ds[keyword].value)
+        int(ds.get("NumberOfFrames") or 1)
+        expected = get_expected_length(ds, "bytes")
+    except Exception:  # attributes missing or malformed: the IOD check is not ours to make
+        return
+    if length < expected:
+        raise InvalidObject(
+            f"pixel data holds {length} bytes where Rows, Columns, Samples per Pixel, Bits"
+            f" Allocated and Number of Frames need {expected} (truncated)"
+        )
+
+
+def _check_pixel_tail(stream: bytes, pos: int, implicit: bool, little: bool) -> int | None:
+    """Detect a data set cut off inside its pixel data (the usual way transfers get truncated);
+    the length of native pixel data, None for encapsulated."""
     end = "<" if little else ">"
     long_vr = not implicit and stream[pos + 4 : pos + 6] in _LONG_VRS
     header = 12 if long_vr else 8
@@ -179,10 +201,12 @@ def _check_pixel_tail(stream: bytes, pos: int, implicit: bool, little: bool) -> 
         (length,) = struct.unpack_from(end + "H", stream, pos + 6)
     if length == _UNDEFINED:
         _check_fragments(stream, pos + header, end)
-    elif pos + header + length > len(stream):
+        return None
+    if pos + header + length > len(stream):
         raise InvalidObject(
             f"pixel data declares {length} bytes but only {len(stream) - pos - header} arrived"
         )
+    return int(length)
 
 
 def _check_fragments(stream: bytes, pos: int, end: str) -> None:

@@ -114,3 +114,28 @@ def test_an_object_ending_in_a_sequence_or_an_empty_value_is_whole(last: DataEle
 def test_an_object_cut_short_is_refused(last: DataElement | None) -> None:
     with pytest.raises(dicomheader.InvalidObject, match="truncated"):
         dicomheader.validate(_sr(last)[:-10], ExplicitVRLittleEndian)
+
+
+def _data_set(name: str) -> tuple[bytes, str]:
+    payload = Path(str(get_testdata_file(name))).read_bytes()
+    ts = str(dcmread(BytesIO(payload), stop_before_pixels=True).file_meta.TransferSyntaxUID)
+    return payload[dicomheader.dataset_offset(payload) :], ts
+
+
+@pytest.mark.parametrize(
+    "name", ["CT_small.dcm", "SC_ybr_full_422_uncompressed.dcm", "liver_1frame.dcm", "rtplan.dcm"]
+)
+def test_native_pixel_data_of_the_described_size_is_whole(name: str) -> None:
+    assert dicomheader.validate(*_data_set(name)).sop_uid
+
+
+def test_native_pixel_data_shorter_than_the_image_is_refused() -> None:
+    ds = dcmread(get_testdata_file("CT_small.dcm"))
+    ds.PixelData = ds.PixelData[:-62]  # consistent lengths, as a re-encoding sender writes them
+    out = BytesIO()
+    ds.save_as(out)
+    payload = out.getvalue()
+    with pytest.raises(dicomheader.InvalidObject, match=r"holds 32706 bytes .* need 32768"):
+        dicomheader.validate(
+            payload[dicomheader.dataset_offset(payload) :], ds.file_meta.TransferSyntaxUID
+        )
