@@ -29,6 +29,10 @@ def differences(ds: Dataset, pm: PatientModule) -> dict[str, str]:
         "PatientBirthDate": pm.birth_date,
         "PatientSex": pm.sex,
     }
+    if not pm.issuer and str(ds.get("PatientID") or "") == pm.patient_id:
+        # the registry shows no issuer unless two systems share the ID: the header's issuer
+        # of this same ID is not contradicted, only unknown to the registry
+        del wanted["IssuerOfPatientID"]
     return {k: v for k, v in wanted.items() if _as_indexed(k, ds.get(k)) != _as_indexed(k, v)}
 
 

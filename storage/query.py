@@ -25,7 +25,16 @@ from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from storage.dicomheader import decode_attrs, normalise_time
-from storage.models import VISIBLE, Instance, Patient, Rejection, Series, Study
+from storage.models import (
+    VISIBLE,
+    Instance,
+    Patient,
+    PatientIdentifier,
+    Rejection,
+    Series,
+    Study,
+)
+from storage.registry import issuer_system
 
 
 class Level(StrEnum):
@@ -365,6 +374,21 @@ def _base_select(level: Level) -> Select[*tuple[Any, ...]]:
     return sel.where(Patient.status.in_(VISIBLE))
 
 
+ISSUER = 0x00100021
+
+
+def _issued_by(issuer: str) -> ColumnElement[bool]:
+    """The shown Patient ID is `issuer`'s: the issuer shown with it, or the registry holds the
+    ID in that issuer's system (the shown issuer is empty unless two systems share the value,
+    so a query naming the issuer of an FNR must not depend on it)."""
+    held = exists().where(
+        PatientIdentifier.patient_fk == Patient.id,
+        PatientIdentifier.value == Patient.patient_id,
+        PatientIdentifier.system == issuer_system(issuer),
+    )
+    return or_(Patient.issuer == issuer, held)
+
+
 class Matcher:
     """Finds index rows matching an identifier at one level."""
 
@@ -378,7 +402,9 @@ class Matcher:
         for key in self.keys:
             if key.value in ("", "*") or key.vr == "SQ":
                 continue
-            if key.tag in COLUMNS and _DEPTH[COLUMNS[key.tag][0]] <= depth:
+            if key.tag == ISSUER and not _is_pattern(key.value):
+                self.sql.append(_issued_by(key.value))
+            elif key.tag in COLUMNS and _DEPTH[COLUMNS[key.tag][0]] <= depth:
                 cond = sql_condition(COLUMNS[key.tag][1], key, self.pn_ci)
                 if cond is not None:
                     self.sql.append(cond)

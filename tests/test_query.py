@@ -9,11 +9,15 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom.dsutils import decode, encode
+from sqlalchemy import select
 
+from storage import registry
 from storage.archive import Archive, object_key, sha256_of
 from storage.catalog import Archived, Outcome, file_instances
+from storage.demographics import NATIONAL_SYSTEMS, Identifier
 from storage.dicomheader import parse
-from storage.models import Rejection
+from storage.models import Patient, Rejection
+from storage.nationalid import IdKind
 from storage.query import Hit, Level, match, responses
 from storage.settings import Settings
 from tests.conftest import SAMPLES
@@ -244,3 +248,18 @@ def test_values_the_index_cannot_hold_whole_are_answered_as_stored(archive: Arch
     (ds,) = find_as(archive, None, AccessionNumber="ODD", StudyDescription="", StudyDate="")
     assert ds.StudyDescription == long_text.strip()
     assert ds.StudyDate == "2020.01.01"
+
+
+def test_an_issuer_in_the_query_matches_the_registrys_system_of_the_id(archive: Archive) -> None:
+    """The shown issuer is empty unless two systems share a value; the FNR's issuer, by OID
+    or by the name senders use, still finds the patient whose FNR the registry holds."""
+    with archive.sessions() as s, s.begin():
+        patient = s.scalars(select(Patient).order_by(Patient.id)).first()
+        assert patient is not None
+        patient.issuer = ""  # as for a patient PAS registered first
+        pid = patient.patient_id
+        registry.add_identifiers(s, patient, [Identifier(NATIONAL_SYSTEMS[IdKind.FNR], pid)])
+    oid = NATIONAL_SYSTEMS[IdKind.FNR].removeprefix("urn:oid:")
+    for issuer, found in ((oid, 1), ("FNR", 1), ("", 1), ("OTHERHOSP", 0), ("1.2.3", 0)):
+        hits = find(archive, Level.PATIENT, PatientID=pid, IssuerOfPatientID=issuer)
+        assert len(hits) == found, issuer
