@@ -360,6 +360,24 @@ def test_iid_opens_by_accession_number_and_answers_errors_as_pages(
     r = httpx.get(iid, params=unknown, headers={"Authorization": f"Bearer {research}"})
     assert r.status_code == 403 and "tilgang" in r.text
 
+    # a second study of the patient: a list of both opens the patient's page
+    second = dcmread(ct[0])
+    second.StudyInstanceUID, second.SeriesInstanceUID = generate_uid(), generate_uid()
+    second.SOPInstanceUID = second.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    second.AccessionNumber = "ACC-SECOND"
+    second.save_as(ct[0].parent / "second.dcm")
+    assert storescu(b.dicom_port, [ct[0].parent / "second.dcm"]).returncode == 0
+    wait_instances(b, len(ct) + 1)
+    both = {"requestType": "STUDY", "studyUID": f"{study},{second.StudyInstanceUID}"}
+    r = httpx.get(iid, params=both, headers=auth)
+    assert r.status_code == 303 and "/studies/" not in r.headers["location"]
+    assert httpx.get(r.headers["location"]).text.count(str(second.StudyInstanceUID)) >= 1
+    r = httpx.get(iid, params={**both, "studyUID": f"{study},1.2.3.4.5"}, headers=auth)
+    assert r.status_code == 404 and "1.2.3.4.5" in r.text
+    conflict = {"requestType": "STUDY", "studyUID": study, "accessionNumber": "ACC-SECOND"}
+    r = httpx.get(iid, params=conflict, headers=auth)
+    assert r.status_code == 400 and "different studies" in r.text
+
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_frames_out_of_range_and_study_and_series_thumbnails(

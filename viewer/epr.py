@@ -302,44 +302,52 @@ class Epj:
         q = request.query_params
         kind = q.get("requestType", "").upper()
         if kind == "STUDY":
-            patient_id, study_uid = self._iid_study(
+            patient_id, studies = self._iid_studies(
                 q.get("studyUID", ""), q.get("accessionNumber", "")
             )
-            body = LinkRequest(clinician=who.user, patient_id=patient_id, study_uid=study_uid)
+            # several studies of the patient: the patient's page, which lists them all
+            one = studies[0] if len(studies) == 1 else ""
+            body = LinkRequest(clinician=who.user, patient_id=patient_id, study_uid=one)
         elif kind == "PATIENT" and q.get("patientID"):
             ident = _cx(q["patientID"])
             body = LinkRequest(clinician=who.user, patient_id=ident.value, system=ident.system)
         else:
             raise HTTPException(400, IID_USAGE)
         url = self.link(request, who, body).url
-        if kind == "STUDY" and q.get("keyImagesOnly", "").lower() != "true":
+        if body.study_uid and q.get("keyImagesOnly", "").lower() != "true":
             url += f"/studies/{body.study_uid}"
         if "lang" in q:
             url += f"?lang={pages.lang_of(q['lang'])}"
         return RedirectResponse(url, status_code=303)
 
-    def _iid_study(self, study_uids: str, accessions: str) -> tuple[str, str]:
-        """(patient ID, study UID) of an IID STUDY request: the first studyUID, else the study
-        with the first accessionNumber (RAD TF-3 4.106.4.1.2.2)."""
-        if uid := next((u for u in study_uids.split(",") if u), ""):
-            where = Study.study_uid == uid
-        elif accession := next((a for a in accessions.split(",") if a), ""):
-            where = Study.accession_number == accession
-        else:
+    def _iid_studies(self, study_uids: str, accessions: str) -> tuple[str, list[str]]:
+        """(patient ID, study UIDs) of an IID STUDY request: the studies its studyUID and
+        accessionNumber lists name (RAD TF-3 4.106.4.1.2.2), which must be one patient's."""
+        uids = [u for u in study_uids.split(",") if u]
+        numbers = [a for a in accessions.split(",") if a]
+        if not uids and not numbers:
             raise HTTPException(400, IID_USAGE)
+        found: dict[str, str] = {}
         with self.archive.sessions() as session:
-            rows = session.execute(
-                select(Patient.patient_id, Study.study_uid)
-                .join(Study, Study.patient_fk == Patient.id)
-                .where(where, Patient.status.in_(VISIBLE))
-            ).all()
-        if not rows:
-            raise HTTPException(404, "no such study in the archive")
-        if len(rows) > 1:  # accession numbers are unique per issuer only
-            raise HTTPException(
-                400, f"{len(rows)} studies have that accession number; give studyUID"
-            )
-        return rows[0][0], rows[0][1]
+            for column, values in ((Study.study_uid, uids), (Study.accession_number, numbers)):
+                for value in values:
+                    rows = session.execute(
+                        select(Patient.patient_id, Study.study_uid)
+                        .join(Study, Study.patient_fk == Patient.id)
+                        .where(column == value, Patient.status.in_(VISIBLE))
+                    ).all()
+                    if not rows:
+                        raise HTTPException(404, f"no such study in the archive: {value}")
+                    if len(rows) > 1:  # accession numbers are unique per issuer only
+                        raise HTTPException(
+                            400, f"{len(rows)} studies have accession number {value}; give studyUID"
+                        )
+                    found[rows[0][1]] = rows[0][0]
+        if uids and numbers and set(found) != set(uids):
+            raise HTTPException(400, "studyUID and accessionNumber name different studies")
+        if len(set(found.values())) > 1:
+            raise HTTPException(400, "the studies requested are of different patients")
+        return next(iter(found.values())), list(found)
 
     def link(self, request: Request, who: Caller, body: LinkRequest) -> LinkOut:
         if body.clinician != who.user and who.role != LINK_ISSUER_ROLE:
