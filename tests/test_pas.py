@@ -174,6 +174,12 @@ def test_adt_update_merge_and_refusal(broker: Broker, tmp_path: Path) -> None:
     assert study_names(broker, OLA) == []
     assert web.get("/studies", params={"PatientID": OLA}).json() == []
     assert study_names(broker, KARI) == ["Ødegård^Kari", "Ødegård^Kari"]
+    epr = broker.cli("token", "--user", "dips", "--role", "epr").stdout.strip()
+    epj = f"http://127.0.0.1:{broker.http_port}/epj/v1/patients"
+    auth = {"Authorization": f"Bearer {epr}"}
+    gone = httpx.get(f"{epj}/{OLA}/studies", headers=auth)
+    assert gone.status_code == 404 and f"merged into {KARI}" in gone.json()["detail"]
+    assert len(httpx.get(f"{epj}/{KARI}/studies", headers=auth).json()["studies"]) == 2
 
     bad = adt_message("A08", "12345678901", "Feil^Nummer")
     answer = msa(mllp_send(broker, tmp_path, bad))

@@ -28,6 +28,7 @@ from storage.models import (
     Instance,
     KeyImage,
     Patient,
+    PatientStatus,
     Rejection,
     Series,
     Study,
@@ -130,7 +131,19 @@ def _patient(session: Session, patient_id: str, system: str) -> Patient:
     patient = registry.find(session, Identifier(system, patient_id))
     if patient is None or patient.status not in VISIBLE:
         raise HTTPException(404, "no such patient in the archive")
+    if patient.patient_id != patient_id and _merged_away(session, patient_id):
+        # as C-FIND and QIDO: the ID is an alias now, so the EPR is told which one to use
+        raise HTTPException(
+            404, f"patient {patient_id} was merged into {patient.patient_id} in PAS; use that ID"
+        )
     return patient
+
+
+def _merged_away(session: Session, patient_id: str) -> bool:
+    merged = select(Patient.id).where(
+        Patient.patient_id == patient_id, Patient.status == PatientStatus.MERGED
+    )
+    return session.scalars(merged).first() is not None
 
 
 def _source_kept(sop_uid: InstrumentedAttribute[str]) -> ColumnElement[bool]:
