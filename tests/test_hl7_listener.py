@@ -65,6 +65,16 @@ def test_frames_split_and_joined_across_reads_are_answered_in_order(port: int, e
     assert echo.got == [b"MSG1", b"MSG2", b"MSG3"]
 
 
+def test_a_frame_ended_by_its_fs_alone_is_answered(port: int, echo: Echo) -> None:
+    """Some senders leave out the CR after FS and wait for the ACK before sending more."""
+    with connect(port) as s:
+        s.sendall(START + b"NOCR\x1c")
+        assert replies(s, 1) == [b"ACK:NOCR"]
+        s.sendall(START + b"NEXT" + END)
+        assert replies(s, 1) == [b"ACK:NEXT"]
+    assert echo.got == [b"NOCR", b"NEXT"]
+
+
 def test_each_connection_is_served_in_its_own_thread(port: int, echo: Echo) -> None:
     with connect(port) as a, connect(port) as b:
         a.sendall(START + b"A" + END)

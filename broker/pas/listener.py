@@ -13,6 +13,9 @@ from broker.pas.hl7v2 import message_type
 log = logging.getLogger("pacsbroker.hl7")
 
 START, END = b"\x0b", b"\x1c\x0d"
+# a frame ends at its FS (no HL7 text may hold one); the CR MLLP puts after it is optional here,
+# as some senders leave it out and would wait for an ACK that a strict reader never sends
+_FS = b"\x1c"
 
 Handler = Callable[[bytes, str], bytes]
 
@@ -41,14 +44,14 @@ class FrameReader:
         start = self._until(START)
         if start is None:
             return None
-        if start:
+        if self.buf[:start].strip(b"\r\n"):
             log.warning("HL7 from %s: %d bytes outside an MLLP frame skipped", self.peer, start)
         del self.buf[: start + len(START)]
-        end = self._until(END)
+        end = self._until(_FS)
         if end is None:
             return None  # closed inside a frame: nothing to answer
         frame = bytes(self.buf[:end])
-        del self.buf[: end + len(END)]
+        del self.buf[: end + len(END) if self.buf[end : end + len(END)] == END else end + 1]
         return frame
 
     def _until(self, sep: bytes) -> int | None:
