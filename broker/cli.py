@@ -209,6 +209,42 @@ def token(
     print(issue_token(signing_key(s.data_dir), user, role, ttl))
 
 
+@app.command()
+def link(
+    user: Annotated[str, typer.Option(help="The clinician who will open the link")],
+    patient: Annotated[str, typer.Option(help="Patient ID: fødselsnummer, D-nummer or local ID")],
+    study: Annotated[str, typer.Option(help="Limit the link to this Study Instance UID")] = "",
+    system: Annotated[str, typer.Option(help="Identifier system URI, if the ID is ambiguous")] = "",
+    ttl: Annotated[int, typer.Option(help="Seconds the link opens the page (10 to 3600)")] = 300,
+) -> None:
+    """Print a signed, short-lived EPR link for a clinician to one patient (or one study)."""
+    from viewer.auth import issue_token, signing_key
+    from viewer.epr import LINK_ISSUER_ROLE
+
+    s = _settings()
+    # issued by the running broker, as for the EPR: same checks, same audit event
+    tok = issue_token(signing_key(s.data_dir), _actor(), LINK_ISSUER_ROLE, 60)
+    base = f"http://{_display_host(s)}:{s.http_port}"
+    body = {"clinician": user, "patient_id": patient, "system": system, "ttl_seconds": ttl}
+    try:
+        r = httpx.post(
+            f"{base}/epj/v1/links",
+            json={**body, "study_uid": study or None},
+            headers={"Authorization": f"Bearer {tok}"},
+            timeout=30,
+        )
+    except httpx.HTTPError as e:
+        console.print(f"[red]the broker does not answer at {base} ({e}); is it running?[/red]")
+        raise typer.Exit(1) from None
+    if r.status_code != 200:
+        is_json = r.headers.get("content-type") == "application/json"
+        detail = r.json().get("detail") if is_json else r.text
+        console.print(f"[red]no link ({r.status_code}): {detail}[/red]")
+        raise typer.Exit(1)
+    console.print(f"valid until {r.json()['expires_at']}")
+    print(r.json()["url"])
+
+
 @app.command("admin-url")
 def admin_url(
     user: Annotated[str, typer.Option(help="Who signs in (audited); default: cli:<login>")] = "",

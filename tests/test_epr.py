@@ -154,6 +154,16 @@ def test_signed_links_open_the_key_image_page_and_expire(
     shown = httpx.get(images[0].replace("&amp;", "&"))
     assert shown.status_code == 200 and shown.headers["content-type"] == "image/jpeg"
 
+    # the same link from the command line, for admins and scripts
+    study = str(dcmread(ct[0]).StudyInstanceUID)
+    for scope in ([], ["--study", study]):
+        cli = b.cli("link", "--user", "lege-lise", "--patient", PATIENT, *scope)
+        assert cli.returncode == 0, cli.stderr
+        assert "Funn" in httpx.get(cli.stdout.strip(), follow_redirects=True).text
+    unknown = b.cli("link", "--user", "lege-lise", "--patient", "NOSUCH")
+    assert unknown.returncode == 1 and "no such patient" in unknown.stderr
+    assert unknown.stdout == ""
+
     key = (b.data_dir / "keys" / "signing.key").read_bytes()
     claims = jwt.decode(
         url.rsplit("/", 1)[1], key, algorithms=["HS256"], audience="pacsbroker-epr-link"
@@ -179,6 +189,7 @@ def test_signed_links_open_the_key_image_page_and_expire(
     seen = {(e.action, e.actor) for e in events}
     assert ("epr.key-image-page", "lege-lise") in seen and ("epr.image", "lege-lise") in seen
     assert any(a.startswith("epr.link-issued") and u == "dips-epj" for a, u in seen)
+    assert any(a == "epr.link-issued for lege-lise" and u.startswith("cli:") for a, u in seen)
     assert all(e.patient_id == PATIENT for e in events)
 
 
