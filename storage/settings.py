@@ -144,6 +144,21 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(
         default_factory=list, description="Web origins (e.g. an OHIF viewer) allowed to call us"
     )
+    oidc_issuer: str = Field(
+        default="",
+        description="OpenID Connect provider (token `iss`) whose bearer tokens are accepted"
+        " beside the local key's; empty = local tokens only",
+    )
+    oidc_jwks_url: str = Field(
+        default="", description="Its JWKS; empty = jwks_uri of its openid-configuration"
+    )
+    oidc_audience: str = Field(default="pacsbroker", description="The `aud` its tokens must have")
+    oidc_role_claim: str = Field(
+        default="role", description="Claim with the role (a dotted path, e.g. realm_access.roles)"
+    )
+    oidc_user_claim: str = Field(
+        default="preferred_username", description="Claim with the user name (else `sub`)"
+    )
     allow_synthetic_ids: bool = Field(
         default=True, description="Accept synthetic national IDs (month + 80); off in production"
     )

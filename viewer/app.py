@@ -18,7 +18,14 @@ from storage.intake import Intake
 from storage.stats import archive_counts
 from viewer.admin import router as admin_router
 from viewer.archive_admin import router as archive_admin_router
-from viewer.auth import CLINICAL_READERS, Caller, caller, requires, signing_key
+from viewer.auth import (
+    CLINICAL_READERS,
+    Caller,
+    caller,
+    oidc_verifier,
+    requires,
+    signing_key,
+)
 from viewer.console import router as console_router
 from viewer.console_api import router as console_api_router
 from viewer.dicomweb import router as dicomweb_router
@@ -80,6 +87,7 @@ def create_app(
     )
     install_docs(app)
     app.state.signing_key = signing_key(archive.settings.data_dir)
+    app.state.oidc = oidc_verifier(archive.settings)
     if archive.settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -1,4 +1,5 @@
-"""Bearer JWTs signed with the deployment's local key; every route but health requires one."""
+"""Bearer JWTs signed with the deployment's local key or by the trust's OpenID Connect provider;
+every route but health requires one."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ from typing import Annotated
 import jwt
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from storage.settings import Settings
+from viewer.oidc import OidcVerifier
 
 ISSUER = "pacsbroker-local"
 AUDIENCE = "pacsbroker"
@@ -127,14 +131,35 @@ _verified = TokenCache()
 
 
 def verify(request: Request, token: str) -> Caller:
-    """The caller a signed, unexpired token names; 401 otherwise."""
+    """The caller a signed, unexpired token names (signed with the local key, or by the
+    configured OpenID Connect provider); 401 otherwise."""
     key: bytes = request.app.state.signing_key
+    oidc: OidcVerifier | None = getattr(request.app.state, "oidc", None)
     client = request.client.host if request.client else ""
-    hit = _verified.get(token, key, time.time())
+    now = time.time()
+    hit = _verified.get(token, key, now)
+    if hit is None and oidc is not None:
+        hit = _verified.get(token, _provider(oidc), now)
+        if hit is None and _claimed_issuer(token) == oidc.issuer:
+            hit = _Verified(_provider(oidc), *oidc.decode(token))
+            _verified.put(token, hit)
     if hit is None:
         hit = _decode(token, key)
         _verified.put(token, hit)
     return Caller(hit.user, hit.role, client)
+
+
+def _provider(oidc: OidcVerifier) -> bytes:
+    """What the cache records as the verifier of the provider's tokens."""
+    return b"oidc:" + oidc.issuer.encode()
+
+
+def _claimed_issuer(token: str) -> str:
+    """The `iss` a token claims, unverified: which verifier to ask, nothing more."""
+    try:
+        return str(jwt.decode(token, options={"verify_signature": False}).get("iss", ""))
+    except jwt.InvalidTokenError:
+        return ""
 
 
 def _decode(token: str, key: bytes) -> _Verified:
@@ -159,6 +184,20 @@ def _decode(token: str, key: bytes) -> _Verified:
 # Who may do what over HTTP; research roles (issue 9) read only their project's archive.
 CLINICAL_READERS = frozenset({"clinician", "radiologist", "radiology-admin", "epr"})
 UPLOADERS = frozenset({"radiologist", "radiology-admin", "epr", "modality", "integration"})
+
+
+def oidc_verifier(settings: Settings) -> OidcVerifier | None:
+    """The verifier of the configured OpenID Connect provider's tokens, if one is."""
+    if not settings.oidc_issuer:
+        return None
+    return OidcVerifier(
+        settings.oidc_issuer,
+        settings.oidc_jwks_url,
+        settings.oidc_audience,
+        settings.oidc_role_claim,
+        settings.oidc_user_claim,
+        known_roles=CLINICAL_READERS | UPLOADERS,
+    )
 
 
 def permit(who: Caller, roles: frozenset[str], what: str) -> Caller:
