@@ -7,6 +7,7 @@ import hashlib
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from storage import atna
 from storage.db import make_engine, migrate, session_factory
 from storage.dicomheader import Header
 from storage.objects import LocalObjectStore, ObjectStore, S3ObjectStore
@@ -55,6 +56,7 @@ class Archive:
 
     def __init__(self, settings: Settings, *, run_migrations: bool = False) -> None:
         self.settings = settings
+        atna.configure(settings.audit_syslog, settings.ae_title)
         self.engine: Engine = make_engine(settings.db_url)
         if run_migrations:
             migrate(self.engine)

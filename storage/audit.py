@@ -11,6 +11,7 @@ from typing import Any, NotRequired, TypedDict, Unpack
 from sqlalchemy import insert
 from sqlalchemy.orm import Session, sessionmaker
 
+from storage import atna
 from storage.models import AuditEvent, utcnow
 
 log = logging.getLogger("pacsbroker.audit")
@@ -60,7 +61,9 @@ def _values(
 
 def record(session: Session, **event: Unpack[Event]) -> None:
     """Audit within the caller's transaction (changes: the event commits with the change)."""
-    session.add_all(AuditEvent(**row) for row in _values(**event))
+    rows = _values(**event)
+    session.add_all(AuditEvent(**row) for row in rows)
+    atna.forward_on_commit(session, rows)
 
 
 class AuditTrail:
@@ -98,6 +101,7 @@ class AuditTrail:
         except Exception:
             log.exception("audit write of %d events failed; retrying", len(rows))
             return False
+        atna.forward(rows)
         return True
 
     def _run(self) -> None:

@@ -144,6 +144,11 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(
         default_factory=list, description="Web origins (e.g. an OHIF viewer) allowed to call us"
     )
+    audit_syslog: str = Field(
+        default="",
+        description="Also send audit events as DICOM PS3.15 messages to syslog:"
+        " udp://host:514, tcp://host:514 or tls://host:6514; empty = the audit table only",
+    )
     oidc_issuer: str = Field(
         default="",
         description="OpenID Connect provider (token `iss`) whose bearer tokens are accepted"
