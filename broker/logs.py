@@ -13,3 +13,6 @@ def setup_logging(level: str, process: str) -> None:
     )
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # pydicom logs every decoder plugin's failure with its traceback at ERROR, then raises one
+    # error that names them all, which the caller logs once with the object it was
+    logging.getLogger("pydicom.pixels.decoders.base").setLevel(logging.CRITICAL)
