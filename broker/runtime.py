@@ -19,7 +19,7 @@ from broker.hotfolder import HotFolders
 from broker.ingest import IngestWorker
 from broker.jobs import JobRunner, schedules
 from broker.pas import pdqm
-from broker.pas.adt import AdtApplier
+from broker.pas.adt import AdtApplier, HeldConnections
 from broker.pas.listener import MllpListener, route
 from broker.pas.orders import OrderApplier
 from broker.pas.reconcile import Reconciler
@@ -30,6 +30,8 @@ from storage.spool import RecordRef, SpoolWriter
 from viewer.app import create_app
 
 log = logging.getLogger("pacsbroker.serve")
+# a PAS sends over one or two connections; the index pool (at least 15) keeps room for the rest
+HL7_HELD_CONNECTIONS = 4
 
 
 class Runtime:
@@ -49,16 +51,20 @@ class Runtime:
             batch=settings.ingest_batch,
             threads=settings.ingest_threads,
         )
+        # the first few PAS connections keep an index connection; the pool serves the rest
+        self.held = HeldConnections(self.archive.engine, limit=HL7_HELD_CONNECTIONS)
         self.adt = AdtApplier(
             self.archive.sessions,
             allow_synthetic=settings.allow_synthetic_ids,
             app=settings.ae_title,
+            held=self.held,
         )
         self.orders = OrderApplier(
             self.archive.sessions,
             allow_synthetic=settings.allow_synthetic_ids,
             app=settings.ae_title,
             uid_root=settings.uid_root,
+            held=self.held,
         )
         self.jobs = JobRunner(
             self.archive,
@@ -115,7 +121,7 @@ class Runtime:
                 {"ADT": self.adt.handle, "ORM": self.orders.handle, "OMG": self.orders.handle},
                 fallback=self.adt.handle,
             )
-            self.hl7 = MllpListener(s.bind_host, s.hl7_port, handle)
+            self.hl7 = MllpListener(s.bind_host, s.hl7_port, handle, on_close=self.held.release)
             self.hl7.start()
             log.info("HL7 MLLP listener on %s:%d", s.bind_host, s.hl7_port)
         if self.pas is not None:

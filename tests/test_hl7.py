@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import hl7
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event, select, text
 from sqlalchemy.orm import Session
 
-from broker.pas.adt import AdtApplier, Tx
+from broker.pas.adt import AdtApplier, HeldConnections, Tx
 from broker.pas.hl7v2 import AdtMessage, Hl7Error, ack, parse_adt
 from storage import registry
 from storage.db import make_engine, migrate, session_factory
@@ -455,3 +456,36 @@ def test_err_3_names_the_table_0357_condition(raw: bytes, condition: str) -> Non
         parse_adt(raw, allow_synthetic=True)
     reply = hl7.parse(ack(err.value, err.value.code, err.value.reason).decode())
     assert str(reply.segment("ERR")[3]) == f"{condition}^HL70357"
+
+
+def test_held_connections_are_kept_per_thread_up_to_the_limit(db_url: str) -> None:
+    engine = make_engine(db_url)
+    migrate(engine)
+    held = HeldConnections(engine, limit=1)
+    probe = text("SELECT 1")
+
+    def dbapi() -> object:
+        with held.transaction() as conn:
+            conn.execute(probe)
+            return conn.connection.dbapi_connection
+
+    try:
+        first = dbapi()
+        assert dbapi() is first  # the same connection for the thread's next message
+        with pytest.raises(RuntimeError), held.transaction() as conn:
+            conn.execute(probe)
+            raise RuntimeError("a failed message")
+        assert dbapi() is first  # rolled back, and still held
+        others: list[object] = []
+        t = threading.Thread(target=lambda: others.extend([dbapi(), dbapi()]))
+        t.start()
+        t.join()
+        assert first not in others  # over the limit: the pool's, per message
+        with pytest.raises(RuntimeError), held.transaction() as conn:
+            conn.invalidate()  # as a statement does when the database restarts under it
+            raise RuntimeError("server closed the connection")
+        assert dbapi() is not first
+        held.release()
+        assert held._slots is not None and held._slots.acquire(blocking=False)
+    finally:
+        engine.dispose()

@@ -145,3 +145,22 @@ def test_connections_over_the_cap_are_closed_and_a_freed_slot_is_served_again(ec
         second.close()
     finally:
         listener.stop()
+
+
+def test_on_close_runs_in_the_thread_of_each_connection_that_ends(echo: Echo) -> None:
+    ended: list[str] = []
+    port = free_port()
+    listener = MllpListener(
+        "127.0.0.1", port, echo, on_close=lambda: ended.append(threading.current_thread().name)
+    )
+    listener.start()
+    try:
+        with connect(port) as s:
+            s.sendall(START + b"A" + END)
+            assert replies(s, 1) == [b"ACK:A"]
+        deadline = time.time() + 5
+        while not ended and time.time() < deadline:
+            time.sleep(0.01)
+        assert ended == list(echo.threads)  # the thread that served the connection
+    finally:
+        listener.stop()

@@ -81,8 +81,10 @@ class MllpListener:
         *,
         max_message: int = 10 << 20,
         max_connections: int = 64,
+        on_close: Callable[[], None] = lambda: None,
     ) -> None:
         self.host, self.port, self.handle, self.max_message = host, port, handle, max_message
+        self.on_close = on_close  # run by a connection's thread as it ends
         # a thread per connection: the cap keeps a flood of connections from exhausting them
         self.max_connections = max_connections
         self._server: socket.socket | None = None
@@ -157,6 +159,7 @@ class MllpListener:
             with self._lock:
                 self._clients.discard(sock)
             sock.close()
+            self.on_close()
 
 
 def _shutdown(sock: socket.socket) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import hl7
 from sqlalchemy.orm import Session, sessionmaker
 
-from broker.pas.adt import Hl7Applier, Tx
+from broker.pas.adt import HeldConnections, Hl7Applier, Tx
 from broker.pas.hl7v2 import (
     Header,
     Hl7Error,
@@ -251,9 +251,15 @@ class OrderApplier(Hl7Applier):
     refusals = (registry.RegistryError, worklist.WorklistError)
 
     def __init__(
-        self, sessions: sessionmaker[Session], *, allow_synthetic: bool, app: str, uid_root: str
+        self,
+        sessions: sessionmaker[Session],
+        *,
+        allow_synthetic: bool,
+        app: str,
+        uid_root: str,
+        held: HeldConnections | None = None,
     ) -> None:
-        super().__init__(sessions, allow_synthetic=allow_synthetic, app=app)
+        super().__init__(sessions, allow_synthetic=allow_synthetic, app=app, held=held)
         self.uid_root = uid_root
 
     def parse(self, raw: bytes) -> OrderMessage:
