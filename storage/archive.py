@@ -79,6 +79,7 @@ class Archive:
         self.far: ObjectStore = far
 
     def close(self) -> None:
+        atna.close()
         if self.tiers is not None:
             self.tiers.close()
         self.engine.dispose()

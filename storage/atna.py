@@ -8,12 +8,15 @@ their own, so an unreachable repository slows no read; what it misses is logged.
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
+import ipaddress
 import logging
 import queue
 import socket
 import ssl
 import threading
+import time
 from typing import Any
 from urllib.parse import urlsplit
 from xml.etree import ElementTree as ET
@@ -38,6 +41,15 @@ _EVENTS: list[tuple[str, tuple[str, str], str]] = [
     ("order", ("110109", "Order Record"), "U"),
     ("quarantine-reject", ("110105", "DICOM Study Deleted"), "D"),
     ("retention", ("110105", "DICOM Study Deleted"), "D"),
+    ("rejection-delete", ("110105", "DICOM Study Deleted"), "D"),
+    ("dicomize", ("110107", "Import"), "C"),
+    ("upload", ("110107", "Import"), "C"),
+    ("dicomweb.store", ("110107", "Import"), "C"),
+    ("migration", ("110107", "Import"), "C"),
+    ("fixity-mismatch", ("110113", "Security Alert"), "E"),
+    ("research.reidentify", ("110110", "Patient Record"), "R"),
+    ("quarantine", ("110110", "Patient Record"), "U"),
+    ("legal-hold", ("110110", "Patient Record"), "U"),
 ]
 _ACCESSED = (("110103", "DICOM Instances Accessed"), "R")
 _SYSLOG_PRI = 10 * 8 + 5  # facility authpriv, severity notice (RFC 5424, IHE ITI TF-2 3.20)
@@ -66,13 +78,10 @@ def message(row: dict[str, Any], source_id: str) -> ET.Element:
     )
     ET.SubElement(ident, "EventOutcomeDescription").text = f"{action}: {row['detail']}"[:1024]
     requestor = ET.SubElement(
-        root,
-        "ActiveParticipant",
-        UserID=str(row["actor"]),
-        UserIsRequestor="true",
-        NetworkAccessPointID=str(row["source"]).rsplit(":", 1)[0] if row["source"] else "",
-        NetworkAccessPointTypeCode="2",
+        root, "ActiveParticipant", UserID=str(row["actor"]), UserIsRequestor="true"
     )
+    if row["source"]:
+        requestor.attrib.update(_access_point(str(row["source"])))
     if row["role"]:
         ET.SubElement(
             requestor, "RoleIDCode", {"csd-code": str(row["role"]), "codeSystemName": "local"}
@@ -84,6 +93,17 @@ def message(row: dict[str, Any], source_id: str) -> ET.Element:
     if row["study_uid"]:
         _participant(root, row["study_uid"], "2", "3", ("110180", "DCM", "Study Instance UID"))
     return root
+
+
+def _access_point(source: str) -> dict[str, str]:
+    """NetworkAccessPointID and its type (1 machine name, 2 IP address; RFC 3881) of a source
+    written as an address, an IPv4 address with its port, or a name (cli, pas, ...)."""
+    host = source.rsplit(":", 1)[0] if source.count(":") == 1 else source
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return {"NetworkAccessPointID": host, "NetworkAccessPointTypeCode": "1"}
+    return {"NetworkAccessPointID": host, "NetworkAccessPointTypeCode": "2"}
 
 
 def _participant(
@@ -126,20 +146,24 @@ class SyslogSender:
         self._queue: queue.Queue[dict[str, Any]] = queue.Queue(_QUEUE)
         self._sock: socket.socket | None = None
         self._dropped = 0
+        self._lock = threading.Lock()
         threading.Thread(target=self._run, name="audit-syslog", daemon=True).start()
 
     def send(self, rows: list[dict[str, Any]]) -> None:
+        """Queue the rows; when the queue is full they are dropped and that is logged."""
         for row in rows:
             try:
                 self._queue.put_nowait(row)
             except queue.Full:
-                self._dropped += 1
-                if self._dropped in (1, 100, 10_000):
+                with self._lock:
+                    self._dropped += 1
+                    dropped = self._dropped
+                if dropped in (1, 100, 10_000):
                     log.error(
                         "audit syslog %s:%d is behind: %d events not sent",
                         self.host,
                         self.port,
-                        self._dropped,
+                        dropped,
                     )
 
     def _run(self) -> None:
@@ -151,6 +175,21 @@ class SyslogSender:
             except OSError as e:
                 log.warning("audit syslog %s:%d: %s; event not sent", self.host, self.port, e)
                 self._close()
+            finally:
+                self._queue.task_done()
+
+    def drain(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds for the queued events to be sent; log what is left."""
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if self._queue.unfinished_tasks:
+            log.error(
+                "audit syslog %s:%d: %d events not sent before exit",
+                self.host,
+                self.port,
+                self._queue.unfinished_tasks,
+            )
 
     def _write(self, frame: bytes) -> None:
         if self.scheme == "udp":
@@ -177,6 +216,8 @@ def configure(url: str, source_id: str) -> None:
     """Send this process's audit events to `url` too (empty: the audit table only)."""
     global _sender
     if url and (_sender is None or (_sender.url, _sender.source_id) != (url, source_id)):
+        if _sender is None:
+            atexit.register(close)  # also for CLI commands, which may never close an Archive
         _sender = SyslogSender(url, source_id)
 
 
@@ -187,6 +228,24 @@ def forward(rows: list[dict[str, Any]]) -> None:
 
 
 def forward_on_commit(session: Session, rows: list[dict[str, Any]]) -> None:
-    """`forward` once the session commits the rows (never, if it rolls back)."""
+    """`forward` once the session commits the rows; never, if it rolls them back."""
+    if _sender is None:
+        return
+    pending = [True]  # SQLAlchemy refuses to remove a listener while it runs
+
+    def committed(_session: Session) -> None:
+        if pending:
+            pending.clear()
+            forward(rows)
+
+    def rolled_back(*_args: object) -> None:
+        pending.clear()
+
+    event.listen(session, "after_commit", committed, once=True)
+    event.listen(session, "after_rollback", rolled_back, once=True)
+
+
+def close(timeout: float = 5.0) -> None:
+    """Send what is queued before the process exits (CLI commands exit right away)."""
     if _sender is not None:
-        event.listen(session, "after_commit", lambda _s: forward(rows), once=True)
+        _sender.drain(timeout)

@@ -30,7 +30,7 @@ class Event(TypedDict):
     detail: NotRequired[str]
 
 
-def _values(
+def rows(
     *,
     actor: str,
     action: str,
@@ -61,9 +61,9 @@ def _values(
 
 def record(session: Session, **event: Unpack[Event]) -> None:
     """Audit within the caller's transaction (changes: the event commits with the change)."""
-    rows = _values(**event)
-    session.add_all(AuditEvent(**row) for row in rows)
-    atna.forward_on_commit(session, rows)
+    made = rows(**event)
+    session.add_all(AuditEvent(**row) for row in made)
+    atna.forward_on_commit(session, made)
 
 
 class AuditTrail:
@@ -84,7 +84,7 @@ class AuditTrail:
         self._thread.start()
 
     def record(self, **event: Unpack[Event]) -> None:
-        self._queue.put(_values(**event))
+        self._queue.put(rows(**event))
 
     def _drain(self) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []

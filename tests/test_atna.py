@@ -10,11 +10,15 @@ import time
 from xml.etree import ElementTree as ET
 
 import httpx
+from sqlalchemy.orm import Session
 
+from storage import atna, audit, nationalid
 from storage.atna import SyslogSender
+from storage.db import make_engine, migrate
 from tests.conftest import SAMPLES, Broker, free_port
 from tests.dcmtk import findscu, storescu
 from tests.test_dimse import wait_instances
+from tools.pas_sim import adt_message, send
 
 FRAME = re.compile(
     rb"<85>1 \S+ \S+ pacsbroker - IHE\+RFC-3881 - \xef\xbb\xbf(?P<xml><\?xml.*)", re.S
@@ -61,9 +65,14 @@ def test_reads_over_dicomweb_and_c_find_reach_the_repository(broker_factory) -> 
         assert r.status_code == 200 and r.json()
         patient = r.json()[0]["00100020"]["Value"][0]
         assert findscu(b.dicom_port, {"QueryRetrieveLevel": "STUDY", "PatientID": patient})
-        messages = received(repository, 2)
+        a04 = adt_message("A04", nationalid.make(dt.date(1970, 1, 2), 123, synthetic=True), "A^B")
+        assert b"|AA|" in send("127.0.0.1", b.hl7_port, a04)
+        messages = received(repository, 3)
     by_user = {attr(m, "ActiveParticipant", "UserID"): m for m in messages}
-    assert {"dr-atna", "FINDSCU"} <= set(by_user), [ET.tostring(m) for m in messages]
+    assert {"dr-atna", "FINDSCU", "PASSIM|HF"} <= set(by_user), [ET.tostring(m) for m in messages]
+    pas = by_user.pop("PASSIM|HF")  # a change: the patient record, updated
+    assert attr(pas, "EventIdentification/EventID", "csd-code") == "110110"
+    assert attr(pas, "EventIdentification", "EventActionCode") == "U"
     for user, m in by_user.items():
         assert attr(m, "EventIdentification", "EventActionCode") == "E"
         assert attr(m, "EventIdentification/EventID", "csd-code") == "110112"  # Query
@@ -105,3 +114,28 @@ def test_tcp_frames_are_octet_counted() -> None:
         codes.append(attr(m, "EventIdentification/EventID", "csd-code"))
         assert attr(m, "ActiveParticipant", "NetworkAccessPointID") == "10.0.0.7"
     assert codes == ["110103", "110104"]  # instances accessed, then transferred
+
+
+def test_a_change_rolled_back_is_never_sent(tmp_path, monkeypatch) -> None:
+    sent: list[dict[str, object]] = []
+
+    class Capture:
+        def send(self, rows: list[dict[str, object]]) -> None:
+            sent.extend(rows)
+
+    monkeypatch.setattr(atna, "_sender", Capture())
+    engine = make_engine(f"sqlite:///{tmp_path}/index.db")
+    migrate(engine)
+    try:
+        with Session(engine) as s:
+            s.begin()
+            audit.record(s, actor="undone", action="legal-hold-set", source="cli")
+            s.rollback()
+            with s.begin():  # a later commit of the same session
+                pass
+        assert sent == []
+        with Session(engine) as s, s.begin():
+            audit.record(s, actor="kept", action="legal-hold-set", source="cli")
+        assert [r["actor"] for r in sent] == ["kept"]
+    finally:
+        engine.dispose()

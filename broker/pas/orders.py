@@ -23,7 +23,7 @@ from broker.pas.hl7v2 import (
     read,
     segment,
 )
-from storage import audit, registry, worklist
+from storage import registry, worklist
 from storage.demographics import Demographics
 from storage.models import Order, OrderStatus
 
@@ -267,8 +267,7 @@ class OrderApplier(Hl7Applier):
 
     def apply(self, tx: Tx, msg: OrderMessage, peer: str) -> str:
         done = [self._apply_item(tx.session, item) for item in msg.items]
-        audit.record(
-            tx.session,
+        tx.record(
             actor=msg.sender,
             role="order-placer",
             source=peer,
