@@ -489,3 +489,24 @@ def test_held_connections_are_kept_per_thread_up_to_the_limit(db_url: str) -> No
         assert held._slots is not None and held._slots.acquire(blocking=False)
     finally:
         engine.dispose()
+
+
+def test_a_message_on_a_dead_held_connection_is_applied_on_a_fresh_one(db_url: str) -> None:
+    """As after a database restart: the PAS gets its AA, not a dropped connection."""
+    engine = make_engine(db_url)
+    migrate(engine)
+    held = HeldConnections(engine, limit=1)
+    applier = AdtApplier(session_factory(engine), allow_synthetic=True, app="PB", held=held)
+    try:
+        assert msa(applier.handle(adt_message("A28", FNR, "Nordmann^Kari")))[1] == "AA"
+        with held.transaction() as conn:
+            dead = conn.connection.dbapi_connection
+        assert dead is not None
+        dead.close()  # behind SQLAlchemy's back, as a server restart does
+        assert msa(applier.handle(adt_message("A08", FNR, "Nordmann^Kari^Anne")))[1] == "AA"
+        with applier.sessions() as s:
+            found = registry.find(s, Identifier(NATIONAL_SYSTEMS[IdKind.FNR], FNR))
+            assert found is not None and found.name == "Nordmann^Kari^Anne"
+    finally:
+        held.release()
+        engine.dispose()
