@@ -162,7 +162,8 @@ class Settings(BaseSettings):
         default="role", description="Claim with the role (a dotted path, e.g. realm_access.roles)"
     )
     oidc_user_claim: str = Field(
-        default="preferred_username", description="Claim with the user name (else `sub`)"
+        default="sub",
+        description="Claim audited as the user; `sub` is the one a provider keeps unique",
     )
     allow_synthetic_ids: bool = Field(
         default=True, description="Accept synthetic national IDs (month + 80); off in production"

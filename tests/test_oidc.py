@@ -73,6 +73,13 @@ class Provider:
         return jwt.encode(body, key or self.key, algorithm="RS256", headers={"kid": kid})
 
 
+def _unsigned(alg: str) -> str:
+    """A token naming `alg` and the provider's key ID, with a signature of nothing."""
+    head = base64.urlsafe_b64encode(json.dumps({"alg": alg, "kid": "k1"}).encode()).rstrip(b"=")
+    body = base64.urlsafe_b64encode(json.dumps({"sub": "x"}).encode()).rstrip(b"=")
+    return f"{head.decode()}.{body.decode()}.AAAA"
+
+
 def _hs256(claims: dict[str, Any], secret: bytes) -> str:
     """A token "signed" by HMAC with `secret` (PyJWT refuses to make one with a public key)."""
 
@@ -99,6 +106,7 @@ def test_tokens_of_the_configured_provider_are_checked_against_its_keys(
         {
             "PACSBROKER_OIDC_ISSUER": provider.issuer,
             "PACSBROKER_OIDC_ROLE_CLAIM": "realm_access.roles",
+            "PACSBROKER_OIDC_USER_CLAIM": "preferred_username",
         }
     ).start()
     studies = f"http://127.0.0.1:{b.http_port}/dicomweb/studies"
@@ -107,6 +115,8 @@ def test_tokens_of_the_configured_provider_are_checked_against_its_keys(
         return httpx.get(studies, headers={"Authorization": f"Bearer {token}"})
 
     assert get(provider.token()).status_code == 200
+    ahead = int(time.time()) + 5  # the provider's clock a little ahead of ours
+    assert get(provider.token(iat=ahead, nbf=ahead)).status_code == 200
     local = b.cli("token", "--user", "dr-local", "--role", "clinician").stdout.strip()
     assert get(local).status_code == 200  # the local key's tokens still count
 
@@ -122,8 +132,15 @@ def test_tokens_of_the_configured_provider_are_checked_against_its_keys(
         "another key under its key ID": provider.token(key=stranger),
         "an unknown key ID": provider.token(kid="k9"),
         "another audience": provider.token(aud="someone-else"),
-        "expired": provider.token(exp=int(time.time()) - 10),
+        "expired beyond the leeway": provider.token(exp=int(time.time()) - 60),
         "HMAC with the public key": hmac_with_public_key,
+        "an EC algorithm on the RSA key": _unsigned("ES256"),
+        "PS256 on a key for RS256": jwt.encode(
+            {"iss": provider.issuer, "aud": "pacsbroker", "sub": "x", "exp": time.time() + 60},
+            provider.key,
+            algorithm="PS256",
+            headers={"kid": "k1"},
+        ),
     }
     for why, token in refused.items():
         r = get(token)

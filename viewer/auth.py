@@ -14,6 +14,7 @@ from typing import Annotated
 import jwt
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from storage.settings import Settings
 from viewer.oidc import OidcVerifier
@@ -86,8 +87,18 @@ async def caller(
     request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> Caller:
     """The authentication dependency. Async on purpose: FastAPI runs a sync dependency in a
-    worker thread, and that hand-off cost more than the check itself on every request."""
+    worker thread, and that hand-off cost more than the check itself on every request; only
+    a provider token not verified before goes to a thread, as its keys may need fetching."""
+    if creds is not None and _asks_provider(request, creds.credentials):
+        return await run_in_threadpool(authenticate, request, creds)
     return authenticate(request, creds)
+
+
+def _asks_provider(request: Request, token: str) -> bool:
+    oidc: OidcVerifier | None = getattr(request.app.state, "oidc", None)
+    if oidc is None or _verified.get(token, _provider(oidc), time.time()) is not None:
+        return False
+    return _claimed_issuer(token) == oidc.issuer
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ client, which fetches them again for a key ID it has not seen (key rotation).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -17,6 +18,8 @@ from fastapi import HTTPException
 
 # public-key algorithms only: an HMAC "signed" with the provider's public key proves nothing
 ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"]
+LEEWAY = 30  # seconds of clock difference between the provider and us
+RETRY_AFTER = 30.0  # seconds during which an unreachable provider is not asked again
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
@@ -40,33 +43,39 @@ class OidcVerifier:
         self._jwks_url = jwks_url
         self._client: jwt.PyJWKClient | None = None
         self._lock = threading.Lock()
+        self._down_until = 0.0
 
     def decode(self, token: str) -> tuple[str, str, float]:
         """(user, role, exp) of a valid token from the provider; 401 otherwise, 503 when the
-        provider's keys cannot be fetched."""
+        provider's keys cannot be fetched (blocking: call it off the event loop)."""
         try:
-            key = self._keys().get_signing_key_from_jwt(token).key
-        except jwt.PyJWKClientConnectionError as e:
-            raise HTTPException(503, f"the token issuer's keys cannot be fetched: {e}") from None
-        except jwt.PyJWKClientError as e:
-            raise HTTPException(401, f"invalid token: {e}", headers=_CHALLENGE) from None
-        except jwt.InvalidTokenError as e:
-            raise HTTPException(401, f"invalid token: {e}", headers=_CHALLENGE) from None
-        try:
+            key = self._keys().get_signing_key_from_jwt(token)
+            if key.algorithm_name not in ALGORITHMS:
+                raise jwt.InvalidKeyError(f"the provider's key is for {key.algorithm_name}")
+            # only the key's own algorithm: an ES256 header on an RSA key is refused, not run
             claims = jwt.decode(
                 token,
                 key,
-                algorithms=ALGORITHMS,
+                algorithms=[key.algorithm_name],
                 audience=self.audience,
                 issuer=self.issuer,
+                leeway=LEEWAY,
                 options={"require": ["exp", "iss", "aud", "sub"]},
             )
+        except jwt.PyJWKClientConnectionError as e:
+            self._down_until = time.monotonic() + RETRY_AFTER
+            raise HTTPException(503, f"the token issuer's keys cannot be fetched: {e}") from None
         except jwt.ExpiredSignatureError:
             raise HTTPException(401, "token expired", headers=_CHALLENGE) from None
-        except jwt.InvalidTokenError as e:
+        except (jwt.PyJWTError, TypeError, ValueError) as e:
             raise HTTPException(401, f"invalid token: {e}", headers=_CHALLENGE) from None
         user = str(claims.get(self.user_claim) or claims["sub"])
         return user, self.role_of(claims), float(claims["exp"])
+
+    @property
+    def reachable(self) -> bool:
+        """False for a while after the provider's keys could not be fetched."""
+        return time.monotonic() >= self._down_until
 
     def role_of(self, claims: dict[str, Any]) -> str:
         """The claim named by `role_claim` (a dotted path, e.g. `realm_access.roles`): a role,
@@ -83,6 +92,8 @@ class OidcVerifier:
         return ""
 
     def _keys(self) -> jwt.PyJWKClient:
+        if not self.reachable:
+            raise jwt.PyJWKClientConnectionError("the provider did not answer a moment ago")
         with self._lock:
             if self._client is None:
                 url = self._jwks_url or self._discovered_jwks_url()
