@@ -542,7 +542,7 @@ def test_qido_warns_on_fuzzy_matching_and_checks_parameters(compressed: Broker) 
         both_options = {"emptyvaluematching": "true", "multiplevaluematching": "true"}
         warned = web.get("/studies", params=both_options).headers["warning"]
         assert "emptyvaluematching" in warned and "multiplevaluematching" in warned
-        for date in ("20200101-", "-20301231", "19000101-20301231", "20200229"):
+        for date in ("20200101-", "-20301231", "19000101-20301231", "20200229", "*"):
             assert web.get("/studies", params={"StudyDate": date}).status_code == 200, date
         for date in ("abc", "2024-03-01", "20241301", "20230229", "-", "1-2-3"):
             r = web.get("/studies", params={"StudyDate": date})

@@ -147,9 +147,9 @@ _FRAME_MEDIA = {
     "image/x-dicom-rle": (RLELossless,),
     "image/dicom-rle": (RLELossless,),
 }
-_UNSUPPORTED_WARNING = (
-    '299 {host}: "The {name} parameter is not supported. Only literal matching has been performed."'
-)
+_UNSUPPORTED_WARNING = '299 {host}: "The {name} parameter is not supported.{done}"'
+# PS3.18 8.3.4.6 words the fuzzymatching warning so; the others were ignored alike
+_DONE = {"fuzzymatching": " Only literal matching has been performed."}
 
 
 def _tag(key: str) -> int:
@@ -176,7 +176,8 @@ def _element(tag: int, value: str | None) -> DataElement:
         return DataElement(tag, "SQ", [])
     if value is not None and vr == "UI":
         value = value.replace(",", "\\")  # QIDO lists UIDs with commas, DICOM with backslashes
-    if value and vr in _MATCHABLE_TIMES and not _valid_range(value, _MATCHABLE_TIMES[vr]):
+    checked = value not in (None, "", "*")  # '*' stays universal matching, as in C-FIND
+    if checked and vr in _MATCHABLE_TIMES and not _valid_range(value or "", _MATCHABLE_TIMES[vr]):
         raise HTTPException(
             400, f"{keyword_for_tag(tag) or f'{tag:08X}'}={value!r} is not a {vr} value or range"
         )
@@ -555,7 +556,9 @@ class DicomWeb:
                 ],
             )
         warnings = [
-            _UNSUPPORTED_WARNING.format(host=request.url.netloc, name=name)
+            _UNSUPPORTED_WARNING.format(
+                host=request.url.netloc, name=name, done=_DONE.get(name, "")
+            )
             for name in _UNSUPPORTED
             if request.query_params.get(name, "").lower() == "true"
         ]

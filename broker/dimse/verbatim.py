@@ -9,8 +9,6 @@ otherwise (decompressed for the peer, or changed to implicit VR by pynetdicom) i
 
 from __future__ import annotations
 
-from typing import Any
-
 import pynetdicom.association
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
@@ -30,7 +28,7 @@ def keep(ds: Dataset, part10: bytes) -> Dataset:
 
 def _encode(
     ds: Dataset, is_implicit_vr: bool, is_little_endian: bool, deflated: bool = False
-) -> Any:
+) -> bytes | None:
     kept = getattr(ds, _KEPT, None)
     if kept is not None:
         ts, data = kept
