@@ -19,10 +19,12 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
+from sqlalchemy import select
 
 from sample_dicom.generate import large_ct
 from storage.archive import Archive
 from storage.dicomheader import dataset_offset
+from storage.models import Instance
 from storage.objects import S3ObjectStore
 from storage.stats import archive_counts
 from tests.conftest import SAMPLES, Broker, free_port, wait_port
@@ -571,26 +573,50 @@ def test_demo_default_rejects_unknown_callers_from_other_hosts_at_association(
 
 
 def test_retrieved_objects_are_the_stored_bytes(broker_factory, tmp_path: Path) -> None:
-    """pynetdicom re-encodes what it sends (no group lengths, names rewritten); C-GET sends the
-    archived data set itself when neither PAS nor the peer's syntax changes it."""
+    """pynetdicom re-encodes what it sends (no group lengths, names rewritten); C-GET and C-MOVE
+    send the archived data set itself when neither PAS nor the peer's syntax changes it."""
     from pydicom.data import get_testdata_file
 
-    b = broker_factory({}).start()
+    dest_port = free_port()
+    b = broker_factory({"PACSBROKER_PEERS": peers(dest_port)}).start()
     names = {"693_J2KI.dcm": "+xw", "examples_palette.dcm": "+xe"}  # group lengths; OB^^^^
     for name in names:
         path = Path(str(get_testdata_file(name)))
         ts = str(read_file_meta_info(path).TransferSyntaxUID)
         assert storescu(b.dicom_port, [path], ts).returncode == 0
     wait_instances(b, len(names))
+    archive = Archive(b.settings())
+    try:
+        with archive.sessions() as s:
+            stored = {
+                i.sop_uid: archive.store.get(i.object_key) for i in s.scalars(select(Instance))
+            }
+    finally:
+        archive.close()
     for name, prefer in names.items():
         sent = dcmread(str(get_testdata_file(name)), stop_before_pixels=True)
-        out = tmp_path / name
-        out.mkdir()
-        getscu = ["getscu", "-S", "+B", prefer, "-aet", "GETSCU", "-aec", "PACSBROKER"]
+        assert any(e.tag.element == 0 for e in sent) or "^^" in str(sent.PatientName), name
         keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={sent.StudyInstanceUID}"]
-        r = run([*getscu, "-od", str(out), *keys, "127.0.0.1", str(b.dicom_port)])
+        got = tmp_path / f"get-{name}"
+        got.mkdir()
+        getscu = ["getscu", "-S", "+B", prefer, "-aet", "GETSCU", "-aec", "PACSBROKER"]
+        r = run([*getscu, "-od", str(got), *keys, "127.0.0.1", str(b.dicom_port)])
         assert r.returncode == 0, r.stderr
-        (got,) = out.iterdir()
-        back = dcmread(got, stop_before_pixels=True)
-        assert [e.tag for e in back] == [e.tag for e in sent], name  # group lengths included
-        assert back.PatientName == sent.PatientName
+        moved = tmp_path / f"move-{name}"
+        moved.mkdir()
+        scp = subprocess.Popen(
+            ["storescp", "-aet", "STORESCP", "+B", prefer, "-od", str(moved), str(dest_port)],
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_port(dest_port)
+            assert movescu(b.dicom_port, "STORESCP", str(sent.StudyInstanceUID)).returncode == 0
+        finally:
+            scp.terminate()
+            scp.wait()
+        for folder in (got, moved):
+            (back,) = folder.iterdir()
+            data, archived = back.read_bytes(), stored[str(sent.SOPInstanceUID)]
+            assert data[dataset_offset(data) :] == archived[dataset_offset(archived) :], back
