@@ -216,6 +216,7 @@ def link(
     study: Annotated[str, typer.Option(help="Limit the link to this Study Instance UID")] = "",
     system: Annotated[str, typer.Option(help="Identifier system URI, if the ID is ambiguous")] = "",
     ttl: Annotated[int, typer.Option(help="Seconds the link opens the page (10 to 3600)")] = 300,
+    host: Annotated[str, typer.Option(help="Host name browsers reach the broker at")] = "",
 ) -> None:
     """Print a signed, short-lived EPR link for a clinician to one patient (or one study)."""
     from viewer.auth import issue_token, signing_key
@@ -230,7 +231,9 @@ def link(
         r = httpx.post(
             f"{base}/epj/v1/links",
             json={**body, "study_uid": study or None},
-            headers={"Authorization": f"Bearer {tok}"},
+            # the broker builds the link from the host it was asked at
+            headers={"Authorization": f"Bearer {tok}"}
+            | ({"Host": f"{host}:{s.http_port}"} if host else {}),
             timeout=30,
         )
     except httpx.HTTPError as e:

@@ -160,6 +160,8 @@ def test_signed_links_open_the_key_image_page_and_expire(
         cli = b.cli("link", "--user", "lege-lise", "--patient", PATIENT, *scope)
         assert cli.returncode == 0, cli.stderr
         assert "Funn" in httpx.get(cli.stdout.strip(), follow_redirects=True).text
+    named = b.cli("link", "--user", "lege-lise", "--patient", PATIENT, "--host", "pacs.example")
+    assert named.stdout.startswith(f"http://pacs.example:{b.http_port}/epj/v1/open/")
     unknown = b.cli("link", "--user", "lege-lise", "--patient", "NOSUCH")
     assert unknown.returncode == 1 and "no such patient" in unknown.stderr
     assert unknown.stdout == ""

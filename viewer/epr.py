@@ -131,7 +131,7 @@ def _patient(session: Session, patient_id: str, system: str) -> Patient:
     patient = registry.find(session, Identifier(system, patient_id))
     if patient is None or patient.status not in VISIBLE:
         raise HTTPException(404, "no such patient in the archive")
-    if patient.patient_id != patient_id and _merged_away(session, patient_id):
+    if patient.patient_id != patient_id and _merged_away(session, patient_id, patient):
         # as C-FIND and QIDO: the ID is an alias now, so the EPR is told which one to use
         raise HTTPException(
             404, f"patient {patient_id} was merged into {patient.patient_id} in PAS; use that ID"
@@ -139,11 +139,12 @@ def _patient(session: Session, patient_id: str, system: str) -> Patient:
     return patient
 
 
-def _merged_away(session: Session, patient_id: str) -> bool:
-    merged = select(Patient.id).where(
+def _merged_away(session: Session, patient_id: str, into: Patient) -> bool:
+    """Whether `patient_id` is the ID of a patient PAS merged into `into`."""
+    merged = select(Patient).where(
         Patient.patient_id == patient_id, Patient.status == PatientStatus.MERGED
     )
-    return session.scalars(merged).first() is not None
+    return any(registry.survivor(session, p).id == into.id for p in session.scalars(merged))
 
 
 def _source_kept(sop_uid: InstrumentedAttribute[str]) -> ColumnElement[bool]:
