@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from io import BytesIO
 from typing import Any
 
+import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import generate_frames
@@ -187,15 +188,28 @@ def frames(store: ObjectStore, inst: Instance, numbers: list[int] | None = None)
     if UID(ds.file_meta.TransferSyntaxUID).is_compressed:
         raise ValueError("the pixel data cannot be decoded here")
     bits = int(ds.BitsAllocated)
+    pixels = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1))
     if bits == 1:
-        raise ValueError("frames of 1-bit (bit-packed) pixel data are not served")
-    size = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * bits // 8
+        return _bit_frames(bytes(ds.PixelData), pixels, count, wanted)
+    size = pixels * bits // 8
     if ds.get("PhotometricInterpretation") == "YBR_FULL_422":
         size = size // 3 * 2  # PS3.3 C.7.6.3.1.2: one Cb and one Cr for every two Y
     if size * count > len(ds.PixelData):
         raise ValueError(f"the pixel data is shorter than {count} frame(s) of {size} bytes")
     data = bytes(ds.PixelData)
     return [data[(n - 1) * size : n * size] for n in wanted]
+
+
+def _bit_frames(data: bytes, pixels: int, count: int, wanted: list[int]) -> list[bytes]:
+    """Frames of bit-packed (1-bit) pixel data, each packed from its own first bit: a frame
+    need not start on a byte boundary in the stored data (PS3.5 8.1.1), as with 5x5 masks."""
+    if pixels * count > len(data) * 8:
+        raise ValueError(f"the pixel data is shorter than {count} frame(s) of {pixels} bits")
+    stored = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little")
+    return [
+        np.packbits(stored[(n - 1) * pixels : n * pixels], bitorder="little").tobytes()
+        for n in wanted
+    ]
 
 
 def stored_frames(

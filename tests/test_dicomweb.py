@@ -607,3 +607,38 @@ def test_frames_of_ybr_full_422_are_two_bytes_a_pixel(broker_factory) -> None:
         ((_, frame),) = multipart(r)
     assert len(frame) == ds.Rows * ds.Columns * 2
     assert frame == ds.PixelData[: len(frame)]
+
+
+def test_frames_of_bit_packed_pixel_data_start_at_their_own_first_bit(broker_factory) -> None:
+    """Three 5x5 masks: frames 2 and 3 start mid-byte in the stored data (PS3.5 8.1.1)."""
+    import numpy as np
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.pixels import pack_bits
+
+    masks = np.random.default_rng(3).integers(0, 2, (3, 5, 5), dtype=np.uint8)
+    ds = dcmread(KARI_CT[0])
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7.1"  # Multi-frame Single Bit SC Image
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.Rows = ds.Columns = 5
+    ds.NumberOfFrames = 3
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 1, 0, 0
+    for keyword in ("RescaleIntercept", "RescaleSlope", "WindowCenter", "WindowWidth"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.PixelData = pack_bits(masks)
+    out = BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    b = broker_factory().start()
+    with client(b, role="epr") as web:
+        body, ctype = stow_body([out.getvalue()])
+        assert web.post("/studies", content=body, headers={"Content-Type": ctype}).is_success
+        wait_instances(b, 1)
+        url = f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/"
+        r = web.get(f"{url}{ds.SOPInstanceUID}/frames/2,3")
+        assert r.status_code == 200, r.text
+    got = [data for _, data in multipart(r)]
+    assert got == [pack_bits(masks[1]), pack_bits(masks[2])]
