@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import struct
 import zlib
@@ -258,7 +259,7 @@ class Header:
 
 
 def _text(ds: Dataset, keyword: str, limit: int) -> str:
-    tag = _TAGS.get(keyword) or _tag(keyword)
+    tag = _tag(keyword)
     try:
         raw = ds.get_item(tag)
     except Exception:
@@ -281,12 +282,11 @@ def _text(ds: Dataset, keyword: str, limit: int) -> str:
 # VRs whose values are in the default repertoire whatever the character set (PS3.5 6.2): read
 # from the raw bytes, as pydicom's conversion was a third of the header parse at ingest
 _ASCII_VRS = frozenset({"AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI"})
-_TAGS: dict[str, BaseTag] = {}
 
 
+@functools.cache
 def _tag(keyword: str) -> BaseTag:
-    _TAGS[keyword] = Tag(keyword)
-    return _TAGS[keyword]
+    return Tag(keyword)
 
 
 def _drop_bulk(ds: Dataset) -> None:

@@ -205,11 +205,13 @@ def _bit_frames(data: bytes, pixels: int, count: int, wanted: list[int]) -> list
     need not start on a byte boundary in the stored data (PS3.5 8.1.1), as with 5x5 masks."""
     if pixels * count > len(data) * 8:
         raise ValueError(f"the pixel data is shorter than {count} frame(s) of {pixels} bits")
-    stored = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little")
-    return [
-        np.packbits(stored[(n - 1) * pixels : n * pixels], bitorder="little").tobytes()
-        for n in wanted
-    ]
+    out = []
+    for n in wanted:
+        start = (n - 1) * pixels
+        span = np.frombuffer(data[start // 8 : -(-(start + pixels) // 8)], dtype=np.uint8)
+        bits = np.unpackbits(span, bitorder="little")[start % 8 : start % 8 + pixels]
+        out.append(np.packbits(bits, bitorder="little").tobytes())
+    return out
 
 
 def stored_frames(

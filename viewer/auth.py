@@ -96,8 +96,12 @@ async def caller(
 
 def _asks_provider(request: Request, token: str) -> bool:
     oidc: OidcVerifier | None = getattr(request.app.state, "oidc", None)
-    if oidc is None or _verified.get(token, _provider(oidc), time.time()) is not None:
+    if oidc is None:
         return False
+    now = time.time()
+    for verifier in (request.app.state.signing_key, _provider(oidc)):
+        if _verified.get(token, verifier, now) is not None:
+            return False  # verified before: no decoding of its claims on every request
     return _claimed_issuer(token) == oidc.issuer
 
 

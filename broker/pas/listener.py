@@ -51,7 +51,7 @@ class FrameReader:
         if end is None:
             return None  # closed inside a frame: nothing to answer
         frame = bytes(self.buf[:end])
-        del self.buf[: end + len(END) if self.buf[end : end + len(END)] == END else end + 1]
+        del self.buf[: end + len(_FS)]  # its CR, if sent, is skipped before the next frame
         return frame
 
     def _until(self, sep: bytes) -> int | None:
