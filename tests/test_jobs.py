@@ -219,6 +219,9 @@ def test_runner_runs_cancels_fails_and_hands_back_on_stop(archive: Archive) -> N
 
         handed = queue(archive, steps=1000, pause=0.05)
         wait_state(archive, handed, "running")
+        deadline = time.time() + 30  # "running" is set before its first step is recorded
+        while row(archive, handed).done == 0 and time.time() < deadline:
+            time.sleep(0.05)
     finally:
         runner.stop()
     j = row(archive, handed)
